@@ -1,0 +1,90 @@
+package fsm
+
+import (
+	"google.golang.org/protobuf/proto"
+
+	fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
+)
+
+// Stats is a partition's state summed up. Every count is exact after each
+// command.
+type Stats struct {
+	Ready, Delayed, Leased, Dead uint64
+	// Bytes: payloads, keys and headers of every stored message.
+	Bytes uint64
+	// OldestReadyAt is the enqueue stamp of the oldest ready message, 0 if none.
+	OldestReadyAt int64
+	// Now is the partition's time: the largest stamp applied.
+	Now     int64
+	NextSeq uint64
+
+	EnqueuedTotal, AckedTotal, DeadLetteredTotal, ExpiredTotal uint64
+}
+
+// Messages is the number of stored messages, in every state.
+func (s Stats) Messages() uint64 { return s.Ready + s.Delayed + s.Leased + s.Dead }
+
+// OldestReadyAge is how long the oldest ready message has waited at time
+// now (Unix nanoseconds), 0 if none is ready.
+func (s Stats) OldestReadyAge(now int64) int64 {
+	if s.OldestReadyAt == 0 || now < s.OldestReadyAt {
+		return 0
+	}
+	return now - s.OldestReadyAt
+}
+
+// Stats returns the partition's counts.
+func (p *Partition) Stats() Stats {
+	s := Stats{
+		Ready: p.nReady, Delayed: p.nDelayed, Leased: p.nLeased, Dead: p.nDead,
+		Bytes: p.bytes, Now: p.now, NextSeq: p.nextSeq,
+		EnqueuedTotal: p.enqueuedTotal, AckedTotal: p.ackedTotal,
+		DeadLetteredTotal: p.deadLetteredTotal, ExpiredTotal: p.expiredTotal,
+	}
+	// Ready order is sequence order and enqueue stamps never decrease with
+	// the sequence, so the lowest ready sequence is the oldest.
+	f, _ := p.ready.front()
+	if r := p.returned.min(); r != nil && (f == nil || r.seq < f.seq) {
+		f = r
+	}
+	if f != nil {
+		s.OldestReadyAt = f.enqueuedAt
+	}
+	return s
+}
+
+// Settings returns a copy of the settings in force.
+func (p *Partition) Settings() *fsmv1.Settings { return proto.CloneOf(p.settings) }
+
+// DeadLetter is one message on the dead-letter list. Payload, Key and
+// Headers are shared with the state machine and must not be modified.
+type DeadLetter struct {
+	Seq        uint64
+	Order      uint64 // position on the list; pages continue after it
+	Reason     string
+	DeadAt     int64
+	EnqueuedAt int64
+	Deliveries uint32
+	Payload    []byte
+	Key        string
+	Headers    []*fsmv1.Header
+}
+
+// DeadLetters lists up to limit dead messages, oldest first, starting after
+// list position after (0 = from the start). Listing changes nothing.
+func (p *Partition) DeadLetters(after uint64, limit int) []DeadLetter {
+	var out []DeadLetter
+	if limit <= 0 {
+		return nil
+	}
+	pivot := &message{deadOrder: after + 1}
+	p.dead.AscendGreaterOrEqual(pivot, func(m *message) bool {
+		out = append(out, DeadLetter{
+			Seq: m.seq, Order: m.deadOrder, Reason: m.deadReason, DeadAt: m.deadAt,
+			EnqueuedAt: m.enqueuedAt, Deliveries: m.deliveries,
+			Payload: m.payload, Key: m.key, Headers: m.headers,
+		})
+		return len(out) < limit
+	})
+	return out
+}
