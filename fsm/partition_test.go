@@ -534,3 +534,22 @@ func TestValidateCommandMatchesApply(t *testing.T) {
 		}
 	}
 }
+
+func TestNextDue(t *testing.T) {
+	h := newTP(t, settings(func(s *fsmv1.Settings) { s.DedupWindow = 0; s.Retention = 0 }))
+	if d := h.p.NextDue(); d != 0 {
+		t.Fatalf("empty partition due at %d", d)
+	}
+	h.ok(10, enq(msg("a"), &fsmv1.NewMessage{Payload: []byte("b"), Delay: 50 * sec}))
+	if d := h.p.NextDue(); d != 10+50*sec {
+		t.Fatalf("due %d, want the delay's end", d)
+	}
+	h.ok(20, recv(1, 30*time.Second))
+	if d := h.p.NextDue(); d != 20+30*sec {
+		t.Fatalf("due %d, want the lease's end", d)
+	}
+	h.ok(20+30*sec, tick())
+	if d := h.p.NextDue(); d != 10+50*sec {
+		t.Fatalf("after the lease ended: due %d, want the delay's end", d)
+	}
+}

@@ -88,3 +88,38 @@ func (p *Partition) DeadLetters(after uint64, limit int) []DeadLetter {
 	})
 	return out
 }
+
+// NextDue is the earliest time at which the passage of time alone changes
+// the partition (a lease ends, a delay ends, a message or dead letter
+// expires, a dedup id is forgotten), or 0 if nothing is due. The leader
+// proposes a Tick then, so an idle partition still releases leases and
+// delays.
+func (p *Partition) NextDue() int64 {
+	var due int64
+	earliest := func(t int64) {
+		if due == 0 || t < due {
+			due = t
+		}
+	}
+	if m := p.leases.min(); m != nil {
+		earliest(m.until)
+	}
+	if m := p.delayed.min(); m != nil {
+		earliest(m.until)
+	}
+	if r := p.settings.GetRetention(); r > 0 {
+		if m, ok := p.ready.front(); ok {
+			earliest(m.enqueuedAt + r)
+		}
+		if m := p.returned.min(); m != nil {
+			earliest(m.enqueuedAt + r)
+		}
+		if m, ok := p.dead.Min(); ok {
+			earliest(m.deadAt + r)
+		}
+	}
+	if e, ok := p.dedupFIFO.front(); ok {
+		earliest(e.expiresAt)
+	}
+	return due
+}
