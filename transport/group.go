@@ -1,0 +1,173 @@
+package transport
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+var _ raft.StreamLayer = (*GroupLayer)(nil)
+
+// GroupLayer is the raft.StreamLayer of one Raft group on a Mux. Accept
+// yields the inbound connections whose header names the group; Dial opens a
+// connection to a peer's Mux and writes the group's header.
+//
+// A GroupLayer tracks every connection it accepted or dialed. Close
+// unregisters the group from the Mux and closes them all, so a closed
+// group holds no socket and no goroutine of raft.NetworkTransport stays
+// blocked reading one. raft.NetworkTransport.Close calls Close.
+type GroupLayer struct {
+	m         *Mux
+	id        string
+	advertise raft.ServerAddress
+	header    []byte
+	q         *acceptQueue
+
+	ctx    context.Context // cancelled by Close; aborts dials in progress
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	closed bool
+	conns  map[*trackedConn]struct{}
+}
+
+func newGroupLayer(m *Mux, id string, advertise raft.ServerAddress) *GroupLayer {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &GroupLayer{
+		m:         m,
+		id:        id,
+		advertise: advertise,
+		header:    appendHeader(nil, id),
+		q:         newAcceptQueue(),
+		ctx:       ctx,
+		cancel:    cancel,
+		conns:     make(map[*trackedConn]struct{}),
+	}
+}
+
+// ID returns the group id.
+func (l *GroupLayer) ID() string { return l.id }
+
+// Accept returns the next inbound connection of the group, or net.ErrClosed
+// once the layer is closed.
+func (l *GroupLayer) Accept() (net.Conn, error) {
+	c, err := l.q.accept()
+	if err != nil {
+		return nil, err
+	}
+	tc, err := l.track(c)
+	if err != nil {
+		return nil, err
+	}
+	l.m.stats.raft.Add(1)
+	return tc, nil
+}
+
+// Dial opens a TCP connection to the peer's peer port (address) and writes
+// this group's header. timeout bounds the connect and the header write.
+// The peer closes the connection if it does not host the group.
+func (l *GroupLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	if l.isClosed() {
+		return nil, l.closedErr()
+	}
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(l.ctx, "tcp", string(address))
+	if err != nil {
+		return nil, err
+	}
+	if timeout > 0 {
+		if err := c.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	if _, err := c.Write(l.header); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("transport: group %q: write header to %s: %w", l.id, address, err)
+	}
+	if err := c.SetWriteDeadline(time.Time{}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return l.track(c)
+}
+
+// Addr returns the advertised address of this node, which raft's
+// NetworkTransport reports as its LocalAddr.
+func (l *GroupLayer) Addr() net.Addr { return advertiseAddr(l.advertise) }
+
+// Close unregisters the group from the Mux, stops Accept, aborts dials in
+// progress and closes every connection the layer accepted or dialed.
+// Connections for the group that arrive afterwards are closed by the Mux.
+// Close is idempotent and returns nil.
+func (l *GroupLayer) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	conns := l.conns
+	l.conns = nil
+	l.mu.Unlock()
+
+	l.m.unregister(l)
+	l.cancel()
+	l.q.close()
+	for c := range conns {
+		c.Conn.Close()
+	}
+	return nil
+}
+
+func (l *GroupLayer) isClosed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closed
+}
+
+func (l *GroupLayer) closedErr() error {
+	return fmt.Errorf("transport: group %q: %w", l.id, net.ErrClosed)
+}
+
+// track wraps c so that the layer can close it, or closes c and fails if the
+// layer is already closed.
+func (l *GroupLayer) track(c net.Conn) (net.Conn, error) {
+	tc := &trackedConn{Conn: c, l: l}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		c.Close()
+		return nil, l.closedErr()
+	}
+	l.conns[tc] = struct{}{}
+	return tc, nil
+}
+
+func (l *GroupLayer) untrack(c *trackedConn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.conns, c) // no-op once Close has taken the map
+}
+
+// trackedConn removes itself from its layer when closed.
+type trackedConn struct {
+	net.Conn
+	l    *GroupLayer
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() { c.l.untrack(c) })
+	return c.Conn.Close()
+}
+
+// advertiseAddr is a net.Addr that is just the advertised host:port.
+type advertiseAddr string
+
+func (a advertiseAddr) Network() string { return "tcp" }
+func (a advertiseAddr) String() string  { return string(a) }
