@@ -16,8 +16,6 @@ func (h *msgHeap) less(a, b *message) bool {
 	return a.seq < b.seq
 }
 
-func (h *msgHeap) len() int { return len(h.items) }
-
 // min returns the smallest message, or nil.
 func (h *msgHeap) min() *message {
 	if len(h.items) == 0 {
@@ -30,14 +28,6 @@ func (h *msgHeap) push(m *message) {
 	m.hidx = int32(len(h.items))
 	h.items = append(h.items, m)
 	h.up(len(h.items) - 1)
-}
-
-// pop removes and returns the smallest message, or nil.
-func (h *msgHeap) pop() *message {
-	if len(h.items) == 0 {
-		return nil
-	}
-	return h.remove(h.items[0])
 }
 
 // remove takes m, which must be in h, out of the heap.

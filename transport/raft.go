@@ -22,7 +22,12 @@ const (
 // RaftTimeout, the default pipelining depth, and its logs bridged to log
 // (see NewHCLogger) with a "group" attribute. Closing the transport closes
 // the layer. All RPCs, RequestPreVote included, work over it.
-func NewRaftTransport(layer *GroupLayer, log *slog.Logger) *raft.NetworkTransport {
+//
+// addrs, if not nil, is asked for a peer's current address before each
+// dial, so that a node that came back with a new IP (a rescheduled pod) is
+// reached without a configuration change; when it fails, the address in the
+// Raft configuration is used.
+func NewRaftTransport(layer *GroupLayer, log *slog.Logger, addrs raft.ServerAddressProvider) *raft.NetworkTransport {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -31,5 +36,7 @@ func NewRaftTransport(layer *GroupLayer, log *slog.Logger) *raft.NetworkTranspor
 		MaxPool: RaftMaxPool,
 		Timeout: RaftTimeout,
 		Logger:  NewHCLogger(log.With("group", layer.ID()), "raft-net"),
+
+		ServerAddressProvider: addrs,
 	})
 }

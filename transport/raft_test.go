@@ -190,7 +190,7 @@ func (c *cluster) startReplica(n *testNode, group string, servers []raft.Server)
 		c.t.Fatal(err)
 	}
 	rep := &replica{
-		trans: NewRaftTransport(layer, log.With("node", string(n.id))),
+		trans: NewRaftTransport(layer, log.With("node", string(n.id)), nil),
 		fsm:   newCountFSM(),
 		logs:  raft.NewInmemStore(),
 	}
@@ -482,7 +482,7 @@ func TestRaftRPCsShareThePortWithGRPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ta, tb := NewRaftTransport(la, nil), NewRaftTransport(lb, nil)
+	ta, tb := NewRaftTransport(la, nil, nil), NewRaftTransport(lb, nil, nil)
 	defer ta.Close()
 	defer tb.Close()
 	if ta.LocalAddr() != a.addr {
@@ -549,7 +549,7 @@ func TestRaftRPCsShareThePortWithGRPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tx := NewRaftTransport(lx, nil)
+	tx := NewRaftTransport(lx, nil, nil)
 	defer tx.Close()
 	if err := tx.RequestPreVote("a", a.addr, &raft.RequestPreVoteRequest{RPCHeader: header, Term: 7}, &pv); err == nil {
 		t.Fatal("RPC to a group the peer does not host succeeded")

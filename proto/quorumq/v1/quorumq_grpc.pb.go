@@ -41,6 +41,9 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type QueueServiceClient interface {
+	// CreateQueue creates a queue. Creating one that exists with the same
+	// partitions, replicas and settings returns it (so a retry is safe);
+	// with different ones it fails with ALREADY_EXISTS.
 	CreateQueue(ctx context.Context, in *CreateQueueRequest, opts ...grpc.CallOption) (*CreateQueueResponse, error)
 	DeleteQueue(ctx context.Context, in *DeleteQueueRequest, opts ...grpc.CallOption) (*DeleteQueueResponse, error)
 	// GetQueue returns settings and stats summed over partitions.
@@ -204,6 +207,9 @@ func (c *queueServiceClient) Purge(ctx context.Context, in *PurgeRequest, opts .
 // All implementations must embed UnimplementedQueueServiceServer
 // for forward compatibility.
 type QueueServiceServer interface {
+	// CreateQueue creates a queue. Creating one that exists with the same
+	// partitions, replicas and settings returns it (so a retry is safe);
+	// with different ones it fails with ALREADY_EXISTS.
 	CreateQueue(context.Context, *CreateQueueRequest) (*CreateQueueResponse, error)
 	DeleteQueue(context.Context, *DeleteQueueRequest) (*DeleteQueueResponse, error)
 	// GetQueue returns settings and stats summed over partitions.

@@ -1,0 +1,123 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/quorumq/quorumq/fsm"
+)
+
+// Version is the quorumq version a node reports.
+var Version = "0.1.0-dev"
+
+// Config configures a node. The zero value of an optional field means its
+// default; Validate fills defaults in and checks the rest.
+type Config struct {
+	// NodeID names the node for ever; default: the id persisted in the data
+	// directory, else the hostname.
+	NodeID  string
+	DataDir string
+
+	// Listen addresses (host:port; host may be empty for all interfaces).
+	ClientAddr string // gRPC API, default 0.0.0.0:7420
+	PeerAddr   string // Raft and forwarding, default :7421
+	GossipAddr string // memberlist TCP and UDP, default :7422
+	HTTPAddr   string // metrics, health, default :7423; "-" = off
+
+	// AdvertiseHost is the host peers and clients are told; default: the
+	// listen host if it is an IP other than 0.0.0.0, else this host's IP.
+	AdvertiseHost string
+
+	// Join lists gossip addresses (host:port) or DNS names resolving to
+	// several hosts. Joining is retried until it succeeds.
+	Join []string
+	// BootstrapExpect: form the cluster once this many fresh nodes see each
+	// other. 0 = never bootstrap (join an existing cluster only).
+	BootstrapExpect int
+	Zone            string
+
+	// Raft timing; defaults suit hundreds of groups per node.
+	HeartbeatTimeout time.Duration
+	ElectionTimeout  time.Duration
+
+	Logger *slog.Logger
+}
+
+// Default ports.
+const (
+	DefaultClientPort = 7420
+	DefaultPeerPort   = 7421
+	DefaultGossipPort = 7422
+	DefaultHTTPPort   = 7423
+)
+
+// Validate fills in defaults and checks the configuration.
+func (c *Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("config: data dir is required")
+	}
+	def := func(s *string, port int, host string) {
+		if *s == "" {
+			*s = net.JoinHostPort(host, strconv.Itoa(port))
+		}
+	}
+	def(&c.ClientAddr, DefaultClientPort, "0.0.0.0")
+	def(&c.PeerAddr, DefaultPeerPort, "")
+	def(&c.GossipAddr, DefaultGossipPort, "")
+	def(&c.HTTPAddr, DefaultHTTPPort, "")
+	for _, a := range []string{c.ClientAddr, c.PeerAddr, c.GossipAddr} {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("config: address %q: %w", a, err)
+		}
+	}
+	if c.NodeID != "" {
+		if err := fsm.ValidNodeID(c.NodeID); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+	}
+	if c.BootstrapExpect < 0 {
+		return errors.New("config: bootstrap-expect must be >= 0")
+	}
+	if c.HeartbeatTimeout == 0 {
+		c.HeartbeatTimeout = 500 * time.Millisecond
+	}
+	if c.ElectionTimeout == 0 {
+		c.ElectionTimeout = 500 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// advertise returns the address peers and clients should use for a listener
+// bound to listen, whose real port is port.
+func (c *Config) advertise(listen string, port int) string {
+	host := c.AdvertiseHost
+	if host == "" {
+		h, _, _ := net.SplitHostPort(listen)
+		if ip := net.ParseIP(h); h != "" && (ip == nil || !ip.IsUnspecified()) {
+			host = h
+		} else {
+			host = outboundIP()
+		}
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}
+
+// outboundIP is this host's preferred non-loopback address, or 127.0.0.1.
+func outboundIP() string {
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
+				return n.IP.String()
+			}
+		}
+	}
+	return "127.0.0.1"
+}

@@ -1,0 +1,258 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quorumq/quorumq/fsm"
+	fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
+	"github.com/quorumq/quorumq/storage"
+)
+
+// controller is this node's member of the controller group, which holds the
+// catalogue. Every node is a member: three voters (five once the cluster
+// has five live nodes), the rest non-voters that follow the catalogue, so
+// every node can route.
+type controller struct {
+	n   *Node
+	g   *group
+	fsm *fsm.RaftFSM[*fsm.Catalog]
+	log *slog.Logger
+}
+
+// controllerVoters is how many voters the controller group should have
+// with alive live nodes.
+func controllerVoters(alive int) int {
+	if alive >= 5 {
+		return 5
+	}
+	return 3
+}
+
+func openController(n *Node) (*controller, error) {
+	c := &controller{n: n, fsm: fsm.NewCatalogFSM(), log: n.log.With("group", "controller")}
+	g, err := openGroup(n, storage.ControllerGroup(), raft.ServerID(n.id),
+		func(g *group) raft.FSM { return notifyingFSM[*fsm.Catalog]{c.fsm, g} }, c.log)
+	if err != nil {
+		return nil, err
+	}
+	c.g = g
+	return c, nil
+}
+
+// hasState reports whether this node has ever been part of a cluster.
+func (c *controller) hasState() bool {
+	has, err := c.g.store.HasState()
+	return err == nil && has && c.g.raft.LastIndex() > 0
+}
+
+// read calls fn with the catalogue.
+func (c *controller) read(fn func(*fsm.Catalog)) { c.fsm.Read(fn) }
+
+func (c *controller) queue(name string) (*fsmv1.QueueInfo, bool) {
+	var q *fsmv1.QueueInfo
+	var ok bool
+	c.read(func(cat *fsm.Catalog) { q, ok = cat.Queue(name) })
+	return q, ok
+}
+
+// propose applies a catalogue command on the controller leader, forwarding
+// to it when this node does not lead.
+func (c *controller) propose(ctx context.Context, cmd *fsmv1.CatalogCommand) (*fsm.CatalogResult, error) {
+	cmd.Version = fsm.CatalogVersion
+	if err := fsm.ValidateCatalogCommand(cmd); err != nil {
+		return nil, err
+	}
+	return retryLeader(ctx, func(ctx context.Context) (*fsm.CatalogResult, string, error) {
+		if c.g.raft.State() == raft.Leader {
+			res, err := c.applyLocal(ctx, cmd)
+			return res, "", err
+		}
+		leader := string(c.g.leaderID())
+		if leader == "" {
+			return nil, "", errNoLeader
+		}
+		return c.n.peers.proposeCatalog(ctx, leader, cmd)
+	})
+}
+
+// applyLocal proposes cmd on this node, which must lead the controller.
+func (c *controller) applyLocal(ctx context.Context, cmd *fsmv1.CatalogCommand) (*fsm.CatalogResult, error) {
+	cmd.Version = fsm.CatalogVersion
+	cmd.Stamp = time.Now().UnixNano()
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		return nil, err
+	}
+	f := c.g.raft.Apply(data, timeoutOf(ctx, 10*time.Second))
+	if err := f.Error(); err != nil {
+		return nil, raftErr(err, c.g)
+	}
+	return f.Response().(*fsm.CatalogResult), nil
+}
+
+// runLeader is the controller leader's loop: barrier, then keep the
+// catalogue and the controller's membership in line with gossip. It returns
+// when leadership is lost or ctx ends.
+func (c *controller) runLeader(ctx context.Context) {
+	if err := c.g.raft.Barrier(10 * time.Second).Error(); err != nil {
+		c.log.Warn("controller barrier", "err", err)
+		return
+	}
+	c.log.Info("controller leader")
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		if err := c.reconcile(ctx); err != nil && ctx.Err() == nil {
+			c.log.Warn("reconcile", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.n.gossip.changed:
+		case <-tick.C:
+		}
+		if c.g.raft.State() != raft.Leader {
+			return
+		}
+	}
+}
+
+// reconcile records alive members in the catalogue and adds them to the
+// controller group: voters up to controllerVoters, non-voters after.
+// Members that left gracefully are taken out of the group.
+func (c *controller) reconcile(ctx context.Context) error {
+	members := c.n.gossip.members()
+	var nodes []*fsmv1.NodeInfo
+	c.read(func(cat *fsm.Catalog) { nodes = cat.Nodes() })
+	known := map[string]*fsmv1.NodeInfo{}
+	for _, n := range nodes {
+		known[n.GetId()] = n
+	}
+	var errs []error
+	for _, m := range members {
+		if m.State != "alive" {
+			continue
+		}
+		k, ok := known[m.ID]
+		if ok && k.GetState() == fsmv1.NodeState_NODE_STATE_REMOVED {
+			continue
+		}
+		info := nodeInfo(m)
+		if ok && k.GetClientAddr() == info.GetClientAddr() && k.GetPeerAddr() == info.GetPeerAddr() &&
+			k.GetGossipAddr() == info.GetGossipAddr() && k.GetHttpAddr() == info.GetHttpAddr() &&
+			k.GetZone() == info.GetZone() && k.GetVersion() == info.GetVersion() {
+			continue
+		}
+		res, err := c.applyLocal(ctx, &fsmv1.CatalogCommand{Op: &fsmv1.CatalogCommand_UpsertNode{UpsertNode: &fsmv1.UpsertNode{Node: info}}})
+		if err == nil && res.Code != fsm.CatalogOK {
+			err = fmt.Errorf("upsert node %s: %v: %s", m.ID, res.Code, res.Detail)
+		}
+		errs = append(errs, err)
+	}
+	errs = append(errs, c.reconcileRaft(members))
+	return errors.Join(errs...)
+}
+
+func nodeInfo(m Member) *fsmv1.NodeInfo {
+	return &fsmv1.NodeInfo{Id: m.ID, ClientAddr: m.Client, PeerAddr: m.Peer, GossipAddr: m.Gossip,
+		HttpAddr: m.HTTP, Zone: m.Zone, Version: m.Version}
+}
+
+func (c *controller) reconcileRaft(members []Member) error {
+	f := c.g.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	cfg := f.Configuration()
+	in := map[raft.ServerID]raft.Server{}
+	voters := 0
+	for _, s := range cfg.Servers {
+		in[s.ID] = s
+		if s.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	alive := 0
+	for _, m := range members {
+		if m.State == "alive" {
+			alive++
+		}
+	}
+	maxVoters := controllerVoters(alive)
+	var errs []error
+	for _, m := range members {
+		id := raft.ServerID(m.ID)
+		s, ok := in[id]
+		switch {
+		case m.State == "left" && ok && id != c.g.id:
+			errs = append(errs, c.g.raft.RemoveServer(id, 0, 5*time.Second).Error())
+			if s.Suffrage == raft.Voter {
+				voters--
+			}
+		case m.State != "alive":
+		case !ok && voters < maxVoters:
+			errs = append(errs, c.g.raft.AddVoter(id, raft.ServerAddress(m.Peer), 0, 5*time.Second).Error())
+			voters++
+		case !ok:
+			errs = append(errs, c.g.raft.AddNonvoter(id, raft.ServerAddress(m.Peer), 0, 5*time.Second).Error())
+		case s.Address != raft.ServerAddress(m.Peer):
+			// Same node, new address (a pod back with a new IP).
+			if s.Suffrage == raft.Voter {
+				errs = append(errs, c.g.raft.AddVoter(id, raft.ServerAddress(m.Peer), 0, 5*time.Second).Error())
+			} else {
+				errs = append(errs, c.g.raft.AddNonvoter(id, raft.ServerAddress(m.Peer), 0, 5*time.Second).Error())
+			}
+		case s.Suffrage != raft.Voter && voters < maxVoters:
+			errs = append(errs, c.g.raft.AddVoter(id, raft.ServerAddress(m.Peer), 0, 5*time.Second).Error())
+			voters++
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// members returns the catalogue's nodes sorted by id.
+func (c *controller) nodes() []*fsmv1.NodeInfo {
+	var out []*fsmv1.NodeInfo
+	c.read(func(cat *fsm.Catalog) { out = cat.Nodes() })
+	return out
+}
+
+// node returns a catalogue node by id.
+func (c *controller) node(id string) (*fsmv1.NodeInfo, bool) {
+	var out *fsmv1.NodeInfo
+	var ok bool
+	c.read(func(cat *fsm.Catalog) { out, ok = cat.Node(id) })
+	return out, ok
+}
+
+// voterIDs lists the controller group's voters, sorted.
+func (c *controller) voterIDs() []string {
+	f := c.g.raft.GetConfiguration()
+	if f.Error() != nil {
+		return nil
+	}
+	var ids []string
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			ids = append(ids, string(s.ID))
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// epochKnown reports whether this member's catalogue has caught up with the
+// group (a leader is known and everything committed is applied), so that a
+// queue missing from it really was deleted.
+func (c *controller) epochKnown() bool {
+	r := c.g.raft
+	return c.g.leaderID() != "" && r.AppliedIndex() > 0 && r.AppliedIndex() >= r.CommitIndex()
+}

@@ -1,0 +1,155 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
+)
+
+// testCluster is an in-process cluster: each node on its own 127.0.0.1
+// ports and data directory.
+type testCluster struct {
+	t     *testing.T
+	nodes []*Node
+	cfgs  []Config
+}
+
+func testLogger() *slog.Logger {
+	level := slog.LevelWarn
+	if os.Getenv("QUORUMQ_TEST_LOG") != "" {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+func nodeConfig(dir, id string, expect int, join []string) Config {
+	return Config{
+		NodeID: id, DataDir: dir,
+		ClientAddr: "127.0.0.1:0", PeerAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		BootstrapExpect: expect, Join: join, Logger: testLogger(),
+	}
+}
+
+func startCluster(t *testing.T, size int) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t}
+	base := t.TempDir()
+	t.Cleanup(c.stop)
+	for i := range size {
+		dir := filepath.Join(base, fmt.Sprintf("n%d", i+1))
+		var join []string
+		if i > 0 {
+			join = []string{c.nodes[0].GossipAddr()}
+		}
+		cfg := nodeConfig(dir, fmt.Sprintf("n%d", i+1), size, join)
+		n, err := Start(cfg)
+		if err != nil {
+			t.Fatalf("start node %d: %v", i+1, err)
+		}
+		c.nodes = append(c.nodes, n)
+		// A restart reuses the ports the node got.
+		cfg.ClientAddr, cfg.PeerAddr, cfg.GossipAddr, cfg.HTTPAddr = n.ClientAddr(), n.PeerAddr(), n.GossipAddr(), n.HTTPAddr()
+		c.cfgs = append(c.cfgs, cfg)
+	}
+	c.waitFormed()
+	return c
+}
+
+// waitFormed waits for a controller leader known to every running node and
+// for every running node to be in the catalogue.
+func (c *testCluster) waitFormed() {
+	c.t.Helper()
+	c.waitFor("controller leader and every node in the catalogue", 30*time.Second, func() bool {
+		for _, n := range c.nodes {
+			if n == nil {
+				continue
+			}
+			if n.ctrl.g.leaderID() == "" || len(n.ctrl.nodes()) < c.running() {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func (c *testCluster) running() int {
+	k := 0
+	for _, n := range c.nodes {
+		if n != nil {
+			k++
+		}
+	}
+	return k
+}
+
+// kill crashes node i (no handover).
+func (c *testCluster) kill(i int) {
+	c.t.Helper()
+	if err := c.nodes[i].Kill(); err != nil {
+		c.t.Logf("kill n%d: %v", i+1, err)
+	}
+	c.nodes[i] = nil
+}
+
+// restart starts node i again from its data directory, on its old ports.
+func (c *testCluster) restart(i int) {
+	c.t.Helper()
+	cfg := c.cfgs[i]
+	cfg.Join = nil
+	for j, n := range c.nodes {
+		if n != nil && j != i {
+			cfg.Join = append(cfg.Join, n.GossipAddr())
+		}
+	}
+	n, err := Start(cfg)
+	if err != nil {
+		c.t.Fatalf("restart n%d: %v", i+1, err)
+	}
+	c.nodes[i] = n
+}
+
+func (c *testCluster) stop() {
+	for _, n := range c.nodes {
+		if n != nil {
+			_ = n.Kill()
+		}
+	}
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func (c *testCluster) waitFor(what string, timeout time.Duration, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// client connects to node i's client port.
+func (c *testCluster) client(i int) (qv1.QueueServiceClient, qv1.ClusterServiceClient) {
+	c.t.Helper()
+	cc, err := grpc.NewClient(c.nodes[i].ClientAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { cc.Close() })
+	return qv1.NewQueueServiceClient(cc), qv1.NewClusterServiceClient(cc)
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -1,0 +1,119 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumq/quorumq/fsm"
+)
+
+// metrics are the node's counters, written in the Prometheus text format.
+type metrics struct {
+	forwarded atomic.Uint64
+
+	mu       sync.Mutex
+	requests map[[2]string]uint64 // method, code
+	latency  map[string]*latency  // method
+}
+
+type latency struct {
+	count uint64
+	sum   float64
+}
+
+func newMetrics() *metrics {
+	return &metrics{requests: map[[2]string]uint64{}, latency: map[string]*latency{}}
+}
+
+func (m *metrics) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := h(ctx, req)
+	code := status.Code(err).String()
+	m.mu.Lock()
+	m.requests[[2]string{info.FullMethod, code}]++
+	l := m.latency[info.FullMethod]
+	if l == nil {
+		l = &latency{}
+		m.latency[info.FullMethod] = l
+	}
+	l.count++
+	l.sum += time.Since(start).Seconds()
+	m.mu.Unlock()
+	return resp, err
+}
+
+// write prints every metric of the node.
+func (n *Node) writeMetrics(w io.Writer) {
+	m := n.metrics
+	fmt.Fprintln(w, "# TYPE quorumq_requests_total counter")
+	m.mu.Lock()
+	keys := make([][2]string, 0, len(m.requests))
+	for k := range m.requests {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b [2]string) int {
+		if a[0] != b[0] {
+			return cmpStr(a[0], b[0])
+		}
+		return cmpStr(a[1], b[1])
+	})
+	for _, k := range keys {
+		fmt.Fprintf(w, "quorumq_requests_total{method=%q,code=%q} %d\n", k[0], k[1], m.requests[k])
+	}
+	fmt.Fprintln(w, "# TYPE quorumq_request_seconds summary")
+	methods := make([]string, 0, len(m.latency))
+	for k := range m.latency {
+		methods = append(methods, k)
+	}
+	slices.Sort(methods)
+	for _, k := range methods {
+		l := m.latency[k]
+		fmt.Fprintf(w, "quorumq_request_seconds_sum{method=%q} %g\nquorumq_request_seconds_count{method=%q} %d\n", k, l.sum, k, l.count)
+	}
+	m.mu.Unlock()
+	fmt.Fprintf(w, "# TYPE quorumq_forwarded_total counter\nquorumq_forwarded_total %d\n", m.forwarded.Load())
+
+	reps := n.replicas.all()
+	slices.SortFunc(reps, func(a, b *replica) int {
+		if a.queue != b.queue {
+			return cmpStr(a.queue, b.queue)
+		}
+		return int(a.part) - int(b.part)
+	})
+	fmt.Fprintln(w, "# TYPE quorumq_partition_leader gauge")
+	for _, r := range reps {
+		lbl := fmt.Sprintf("queue=%q,partition=\"%d\"", r.queue, r.part)
+		leader := 0
+		if r.isLeader() {
+			leader = 1
+		}
+		var s fsm.Stats
+		r.fsm.Read(func(p *fsm.Partition) { s = p.Stats() })
+		fmt.Fprintf(w, "quorumq_partition_leader{%s} %d\n", lbl, leader)
+		fmt.Fprintf(w, "quorumq_partition_term{%s} %d\n", lbl, r.g.raft.CurrentTerm())
+		fmt.Fprintf(w, "quorumq_partition_commit_index{%s} %d\n", lbl, r.g.raft.CommitIndex())
+		fmt.Fprintf(w, "quorumq_partition_applied_index{%s} %d\n", lbl, r.g.raft.AppliedIndex())
+		fmt.Fprintf(w, "quorumq_partition_messages{%s,state=\"ready\"} %d\n", lbl, s.Ready)
+		fmt.Fprintf(w, "quorumq_partition_messages{%s,state=\"delayed\"} %d\n", lbl, s.Delayed)
+		fmt.Fprintf(w, "quorumq_partition_messages{%s,state=\"leased\"} %d\n", lbl, s.Leased)
+		fmt.Fprintf(w, "quorumq_partition_messages{%s,state=\"dead\"} %d\n", lbl, s.Dead)
+	}
+}
+
+func cmpStr(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

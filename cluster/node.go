@@ -1,0 +1,278 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	peerv1 "github.com/quorumq/quorumq/proto/quorumq/peer/v1"
+	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
+	"github.com/quorumq/quorumq/storage"
+	"github.com/quorumq/quorumq/transport"
+)
+
+// Node is one running quorumq server.
+type Node struct {
+	cfg Config
+	log *slog.Logger
+	id  string
+	dir *storage.Dir
+
+	peerLn, clientLn, httpLn net.Listener
+	mux                      *transport.Mux
+	peers                    *peerClient
+	clientSrv, peerSrv       *grpc.Server
+	httpSrv                  *http.Server
+	health                   *health.Server
+	gossip                   *membership
+	gossipReady              atomic.Pointer[membership] // gossip, for goroutines that may run before it is set
+	ctrl                     *controller
+	replicas                 *replicaSet
+	metrics                  *metrics
+	routes                   routes
+
+	// Advertised addresses.
+	clientAddr, peerAddr, httpAddr string
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Start opens the data directory, binds every port, joins gossip and starts
+// the controller and the local replicas. It returns once the node serves;
+// joining and bootstrapping go on in the background.
+func Start(cfg Config) (n *Node, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	n = &Node{cfg: cfg, metrics: newMetrics()}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			n.close()
+		}
+	}()
+	if n.dir, err = storage.Open(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	fallback := cfg.NodeID
+	if fallback == "" {
+		if fallback, err = os.Hostname(); err != nil {
+			return nil, err
+		}
+	}
+	if n.id, err = n.dir.NodeID(fallback); err != nil {
+		return nil, err
+	}
+	n.log = cfg.Logger.With("node", n.id)
+
+	if n.peerLn, err = net.Listen("tcp", cfg.PeerAddr); err != nil {
+		return nil, fmt.Errorf("peer listener: %w", err)
+	}
+	if n.clientLn, err = net.Listen("tcp", cfg.ClientAddr); err != nil {
+		return nil, fmt.Errorf("client listener: %w", err)
+	}
+	if cfg.HTTPAddr != "-" {
+		if n.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return nil, fmt.Errorf("http listener: %w", err)
+		}
+		n.httpAddr = cfg.advertise(cfg.HTTPAddr, n.httpLn.Addr().(*net.TCPAddr).Port)
+	}
+	n.peerAddr = cfg.advertise(cfg.PeerAddr, n.peerLn.Addr().(*net.TCPAddr).Port)
+	n.clientAddr = cfg.advertise(cfg.ClientAddr, n.clientLn.Addr().(*net.TCPAddr).Port)
+
+	n.mux = transport.NewMux(n.peerLn, n.log)
+	n.peers = &peerClient{n: n, pool: transport.NewPool()}
+	n.replicas = &replicaSet{n: n, m: map[groupKey]*replica{}}
+
+	if n.ctrl, err = openController(n); err != nil {
+		return nil, err
+	}
+	n.gossip, err = newMembership(cfg.GossipAddr, gossipAdvertise(&cfg), Meta{
+		ID: n.id, Client: n.clientAddr, Peer: n.peerAddr, HTTP: n.httpAddr, Zone: cfg.Zone,
+		Version: Version, Fresh: !n.ctrl.hasState(),
+	}, n.log)
+	if err != nil {
+		return nil, err
+	}
+	n.gossipReady.Store(n.gossip)
+
+	n.peerSrv = grpc.NewServer()
+	peerv1.RegisterPeerServiceServer(n.peerSrv, &peerServer{n: n})
+	n.clientSrv = grpc.NewServer(grpc.ChainUnaryInterceptor(n.metrics.unaryInterceptor))
+	qv1.RegisterQueueServiceServer(n.clientSrv, &queueServer{n: n})
+	qv1.RegisterClusterServiceServer(n.clientSrv, &clusterServer{n: n})
+	n.health = health.NewServer()
+	healthpb.RegisterHealthServer(n.clientSrv, n.health)
+	reflection.Register(n.clientSrv)
+
+	if err = n.replicas.startOnDisk(); err != nil {
+		return nil, err
+	}
+
+	n.goRun(func() { _ = n.mux.Serve() })
+	n.goRun(func() { _ = n.peerSrv.Serve(n.mux.GRPCListener()) })
+	n.goRun(func() { _ = n.clientSrv.Serve(n.clientLn) })
+	if n.httpLn != nil {
+		n.httpSrv = &http.Server{Handler: n.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		n.goRun(func() { _ = n.httpSrv.Serve(n.httpLn) })
+	}
+	n.goRun(func() { _ = n.gossip.join(n.ctx, cfg.Join) })
+	n.goRun(func() { n.bootstrapLoop(n.ctx) })
+	n.goRun(n.controllerLoop)
+	n.goRun(n.replicaLoop)
+	n.log.Info("node started", "client", n.clientAddr, "peer", n.peerAddr, "gossip", n.gossip.Addr(), "http", n.httpAddr)
+	return n, nil
+}
+
+func gossipAdvertise(c *Config) string {
+	if c.AdvertiseHost == "" {
+		return ""
+	}
+	_, port, err := net.SplitHostPort(c.GossipAddr)
+	if err != nil || port == "0" {
+		return ""
+	}
+	return net.JoinHostPort(c.AdvertiseHost, port)
+}
+
+func (n *Node) goRun(f func()) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+}
+
+// ID is the node's id.
+func (n *Node) ID() string { return n.id }
+
+// ClientAddr, PeerAddr and GossipAddr are the advertised addresses.
+func (n *Node) ClientAddr() string { return n.clientAddr }
+func (n *Node) PeerAddr() string   { return n.peerAddr }
+func (n *Node) GossipAddr() string { return n.gossip.Addr() }
+func (n *Node) HTTPAddr() string   { return n.httpAddr }
+
+// controllerLoop runs the controller leader's duties while this node leads.
+func (n *Node) controllerLoop() { followLeadership(n.ctx, n.ctrl.g.leaderCh, n.ctrl.runLeader) }
+
+// replicaLoop keeps local replicas in line with the catalogue.
+func (n *Node) replicaLoop() {
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		applied := n.ctrl.g.waitApplied()
+		n.replicas.reconcile()
+		n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-applied:
+		case <-tick.C:
+		}
+	}
+}
+
+// Stop leaves gracefully: leadership of every group this node leads is
+// handed over, gossip is told, in-flight requests finish, then everything
+// stops. ctx bounds the graceful part.
+func (n *Node) Stop(ctx context.Context) error {
+	n.stopOnce.Do(func() {
+		n.health.Shutdown()
+		for _, r := range n.replicas.all() {
+			if r.isLeader() {
+				if err := r.g.raft.LeadershipTransfer().Error(); err != nil {
+					n.log.Debug("leadership transfer", "group", r.g.name.String(), "err", err)
+				}
+			}
+		}
+		if n.ctrl.g.raft.State() == raft.Leader {
+			_ = n.ctrl.g.raft.LeadershipTransfer().Error()
+		}
+		if err := n.gossip.leave(time.Until(deadlineOr(ctx, 2*time.Second))); err != nil {
+			n.log.Debug("gossip leave", "err", err)
+		}
+		done := make(chan struct{})
+		go func() {
+			n.clientSrv.GracefulStop()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			n.clientSrv.Stop()
+		}
+		n.stopErr = n.close()
+	})
+	return n.stopErr
+}
+
+// Kill stops the node at once, without handing anything over: as close to
+// a crash as a process can get while staying alive (tests).
+func (n *Node) Kill() error {
+	n.stopOnce.Do(func() { n.stopErr = n.close() })
+	return n.stopErr
+}
+
+func (n *Node) close() error {
+	n.cancel()
+	var errs []error
+	if n.clientSrv != nil {
+		n.clientSrv.Stop()
+	}
+	if n.httpSrv != nil {
+		errs = append(errs, n.httpSrv.Close())
+	}
+	if n.replicas != nil {
+		n.replicas.stopAll()
+	}
+	if n.ctrl != nil {
+		errs = append(errs, n.ctrl.g.close())
+	}
+	if n.gossip != nil {
+		errs = append(errs, n.gossip.shutdown())
+	}
+	if n.peerSrv != nil {
+		n.peerSrv.Stop()
+	}
+	if n.mux != nil {
+		errs = append(errs, n.mux.Close())
+	}
+	for _, l := range []net.Listener{n.clientLn, n.httpLn} {
+		if l != nil {
+			_ = l.Close()
+		}
+	}
+	if n.peers != nil {
+		errs = append(errs, n.peers.pool.Close())
+	}
+	n.wg.Wait()
+	if n.dir != nil {
+		errs = append(errs, n.dir.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func deadlineOr(ctx context.Context, d time.Duration) time.Time {
+	if dl, ok := ctx.Deadline(); ok {
+		return dl
+	}
+	return time.Now().Add(d)
+}

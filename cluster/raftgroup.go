@@ -1,0 +1,212 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/quorumq/quorumq/fsm"
+	"github.com/quorumq/quorumq/storage"
+	"github.com/quorumq/quorumq/transport"
+)
+
+// group is one local Raft group member: the controller or a partition
+// replica. It owns its raft instance, stores and transport.
+type group struct {
+	name  storage.GroupName
+	id    raft.ServerID
+	raft  *raft.Raft
+	store *storage.GroupStore
+	layer *transport.GroupLayer
+	trans *raft.NetworkTransport
+	// applied is broadcast (closed and replaced) after every applied batch.
+	mu      sync.Mutex
+	applied chan struct{}
+	// leaderCh gets leadership changes (raft NotifyCh).
+	leaderCh chan bool
+}
+
+// raftConfig is the Raft timing for many groups per node: heartbeats every
+// HeartbeatTimeout/10, so a 500 ms timeout sends 20 heartbeats a second per
+// follower per group led, and a dead leader is noticed within 0.5–1 s.
+func raftConfig(id raft.ServerID, c *Config, log *slog.Logger) *raft.Config {
+	rc := raft.DefaultConfig()
+	rc.LocalID = id
+	rc.HeartbeatTimeout = c.HeartbeatTimeout
+	rc.ElectionTimeout = c.ElectionTimeout
+	rc.LeaderLeaseTimeout = c.HeartbeatTimeout / 2
+	rc.CommitTimeout = 20 * time.Millisecond
+	// Batch concurrent proposals: the leader takes up to MaxAppendEntries
+	// waiting Applies in one log append, one fsync.
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 256
+	// Snapshot every 16k entries but keep 32k entries after it, so that a
+	// follower lagging by less than that catches up from the log instead of
+	// looping on snapshot installs.
+	rc.SnapshotThreshold = 16384
+	rc.TrailingLogs = 32768
+	rc.SnapshotInterval = 60 * time.Second
+	rc.Logger = transport.NewHCLogger(log, "raft")
+	return rc
+}
+
+// serverIDKey is where a group's stable store keeps this member's Raft
+// server id, so that a restarted node finds its identity in each group.
+var serverIDKey = []byte("quorumq/server-id")
+
+// openGroup starts a raft instance for name with the FSM mk makes for it.
+// id is this member's server id; "" means the one recorded in the group.
+func openGroup(n *Node, name storage.GroupName, id raft.ServerID, mk func(*group) raft.FSM, log *slog.Logger) (*group, error) {
+	g := &group{name: name, applied: make(chan struct{}), leaderCh: make(chan bool, 8)}
+	store, err := n.dir.OpenGroup(name, log)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", name, err)
+	}
+	g.store = store
+	if id == "" {
+		rec, err := store.Stable.Get(serverIDKey)
+		if err != nil || len(rec) == 0 {
+			store.Close()
+			return nil, fmt.Errorf("open %s: no server id recorded (%v)", name, err)
+		}
+		id = raft.ServerID(rec)
+	} else if err := store.Stable.Set(serverIDKey, []byte(id)); err != nil {
+		store.Close()
+		return nil, fmt.Errorf("open %s: record server id: %w", name, err)
+	}
+	g.id = id
+	layer, err := n.mux.Group(name.String(), raft.ServerAddress(n.peerAddr))
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("transport for %s: %w", name, err)
+	}
+	g.layer = layer
+	g.trans = transport.NewRaftTransport(layer, log, peerAddrs{n})
+	rc := raftConfig(id, &n.cfg, log)
+	rc.NotifyCh = g.leaderCh
+	r, err := raft.NewRaft(rc, mk(g), store.Log, store.Stable, store.Snapshots, g.trans)
+	if err != nil {
+		g.trans.Close()
+		store.Close()
+		return nil, fmt.Errorf("raft for %s: %w", name, err)
+	}
+	g.raft = r
+	return g, nil
+}
+
+// bootstrap forms the group with servers unless it already has state.
+func (g *group) bootstrap(servers []raft.Server) error {
+	has, err := g.store.HasState()
+	if err != nil || has {
+		return err
+	}
+	err = g.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
+	if errors.Is(err, raft.ErrCantBootstrap) {
+		return nil
+	}
+	return err
+}
+
+// waitApplied returns a channel closed at the next applied batch.
+func (g *group) waitApplied() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.applied
+}
+
+func (g *group) broadcastApplied() {
+	g.mu.Lock()
+	close(g.applied)
+	g.applied = make(chan struct{})
+	g.mu.Unlock()
+}
+
+// close shuts the raft instance down and releases its stores.
+func (g *group) close() error {
+	err := g.raft.Shutdown().Error()
+	err = errors.Join(err, g.trans.Close(), g.store.Close())
+	return err
+}
+
+// leaderID is the group's leader as this member knows it, or "".
+func (g *group) leaderID() raft.ServerID {
+	_, id := g.raft.LeaderWithID()
+	return id
+}
+
+// notifyingFSM signals its group after every applied batch and restore, so
+// that waiters (long polls, the replica manager) wake up.
+type notifyingFSM[M fsm.Machine] struct {
+	*fsm.RaftFSM[M]
+	g *group
+}
+
+func (f notifyingFSM[M]) ApplyBatch(logs []*raft.Log) []any {
+	out := f.RaftFSM.ApplyBatch(logs)
+	f.g.broadcastApplied()
+	return out
+}
+
+func (f notifyingFSM[M]) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
+
+func (f notifyingFSM[M]) Restore(rc io.ReadCloser) error {
+	err := f.RaftFSM.Restore(rc)
+	f.g.broadcastApplied()
+	return err
+}
+
+// followLeadership runs lead while ch (a raft NotifyCh) last said this member
+// leads, cancelling it when leadership is lost; it returns when ctx ends.
+func followLeadership(ctx context.Context, ch <-chan bool, lead func(context.Context)) {
+	isLeader := false
+	for {
+		for !isLeader {
+			select {
+			case <-ctx.Done():
+				return
+			case isLeader = <-ch:
+			}
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			lead(lctx)
+		}()
+		select {
+		case <-ctx.Done():
+			isLeader = false
+		case isLeader = <-ch:
+		}
+		cancel()
+		<-done
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// peerAddrs resolves a Raft server id ("<node>" or "<node>/<epoch>") to the
+// node's peer address as gossip sees it now, so that a node back with a new
+// IP is reached at once.
+type peerAddrs struct{ n *Node }
+
+func (p peerAddrs) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	node := nodeOfServer(id)
+	g := p.n.gossipReady.Load() // nil until gossip runs: use the configured address
+	if g == nil {
+		return "", fmt.Errorf("gossip not started")
+	}
+	for _, m := range g.members() {
+		if m.ID == node && m.State == "alive" && m.Peer != "" {
+			return raft.ServerAddress(m.Peer), nil
+		}
+	}
+	return "", fmt.Errorf("no live member %s", node)
+}

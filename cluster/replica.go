@@ -1,0 +1,372 @@
+package cluster
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quorumq/quorumq/fsm"
+	fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
+	peerv1 "github.com/quorumq/quorumq/proto/quorumq/peer/v1"
+	"github.com/quorumq/quorumq/storage"
+)
+
+// replica is this node's member of one partition's Raft group.
+type replica struct {
+	n     *Node
+	g     *group
+	fsm   *fsm.RaftFSM[*fsm.Partition]
+	queue string
+	qid   uint64
+	part  uint32
+	log   *slog.Logger
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// replicaServerID is the Raft server id of a replica: "<node>/<epoch>", so
+// a replica placed again on a node never reuses an old identity.
+func replicaServerID(node string, epoch uint64) raft.ServerID {
+	return raft.ServerID(node + "/" + strconv.FormatUint(epoch, 10))
+}
+
+// nodeOfServer is the node id part of a replica server id.
+func nodeOfServer(id raft.ServerID) string {
+	s := string(id)
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == '/' {
+			return s[:i]
+		}
+	}
+	return s
+}
+
+func startReplica(n *Node, name storage.GroupName, id raft.ServerID) (*replica, error) {
+	r := &replica{n: n, fsm: fsm.NewPartitionFSM(), queue: name.Queue(), qid: name.QueueID(), part: name.Partition(), done: make(chan struct{})}
+	r.log = n.log.With("queue", r.queue, "partition", r.part)
+	g, err := openGroup(n, name, id, func(g *group) raft.FSM { return notifyingFSM[*fsm.Partition]{r.fsm, g} }, r.log)
+	if err != nil {
+		return nil, err
+	}
+	r.g = g
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go r.run(ctx)
+	return r, nil
+}
+
+// run follows leadership changes; while leader, it keeps the partition's
+// settings in line with the catalogue and proposes a Tick whenever time
+// alone makes something due (a lease or delay ending, retention).
+func (r *replica) run(ctx context.Context) {
+	defer close(r.done)
+	followLeadership(ctx, r.g.leaderCh, r.lead)
+}
+
+func (r *replica) lead(ctx context.Context) {
+	if err := r.g.raft.Barrier(10 * time.Second).Error(); err != nil {
+		return
+	}
+	r.log.Debug("partition leader")
+	for {
+		r.configure(ctx)
+		var due int64
+		r.fsm.Read(func(p *fsm.Partition) { due = p.NextDue() })
+		wait := time.Hour
+		if due != 0 {
+			wait = max(time.Duration(due-time.Now().UnixNano()), 0)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-r.g.waitApplied():
+			t.Stop()
+		case <-r.n.ctrl.g.waitApplied():
+			t.Stop()
+		case <-t.C:
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := r.propose(cctx, &fsmv1.Command{Op: &fsmv1.Command_Tick{Tick: &fsmv1.Tick{}}})
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				r.log.Debug("tick", "err", err)
+			}
+		}
+	}
+}
+
+// configure proposes the catalogue's settings if the partition differs.
+func (r *replica) configure(ctx context.Context) {
+	q, ok := r.n.ctrl.queue(r.queue)
+	if !ok || q.GetId() != r.qid {
+		return
+	}
+	want := proto.CloneOf(q.GetSettings())
+	want.Partition = r.part
+	var have *fsmv1.Settings
+	r.fsm.Read(func(p *fsm.Partition) { have = p.Settings() })
+	if proto.Equal(want, have) {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := r.propose(cctx, &fsmv1.Command{Op: &fsmv1.Command_Configure{Configure: &fsmv1.Configure{Settings: want}}}); err != nil && ctx.Err() == nil {
+		r.log.Warn("configure partition", "err", err)
+	}
+}
+
+// propose stamps cmd with this leader's clock and applies it.
+func (r *replica) propose(ctx context.Context, cmd *fsmv1.Command) (*fsm.Result, error) {
+	cmd.Version = fsm.CommandVersion
+	cmd.Stamp = time.Now().UnixNano()
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		return nil, err
+	}
+	f := r.g.raft.Apply(data, timeoutOf(ctx, 10*time.Second))
+	if err := f.Error(); err != nil {
+		return nil, raftErr(err, r.g)
+	}
+	return f.Response().(*fsm.Result), nil
+}
+
+// waitReady returns once the partition has a ready message or timeout passes.
+func (r *replica) waitReady(ctx context.Context, timeout time.Duration) bool {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		applied := r.g.waitApplied()
+		var ready uint64
+		r.fsm.Read(func(p *fsm.Partition) { ready = p.Stats().Ready })
+		if ready > 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return false
+		case <-applied:
+		}
+	}
+}
+
+func (r *replica) isLeader() bool { return r.g.raft.State() == raft.Leader }
+
+// stop shuts the replica down (its data stays).
+func (r *replica) stop() error {
+	r.cancel()
+	<-r.done
+	return r.g.close()
+}
+
+// replicaSet starts and stops this node's partition replicas to match the
+// catalogue.
+type replicaSet struct {
+	n  *Node
+	mu sync.RWMutex
+	m  map[groupKey]*replica
+}
+
+type groupKey struct {
+	queue string
+	part  uint32
+}
+
+func (s *replicaSet) get(queue string, part uint32) (*replica, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.m[groupKey{queue, part}]
+	return r, ok
+}
+
+func (s *replicaSet) all() []*replica {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*replica, 0, len(s.m))
+	for _, r := range s.m {
+		out = append(out, r)
+	}
+	return out
+}
+
+// startOnDisk starts a replica for every partition group in the data
+// directory, so a restarted node serves before the catalogue catches up.
+func (s *replicaSet) startOnDisk() error {
+	names, err := s.n.dir.Groups()
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		r, err := startReplica(s.n, name, "") // the id recorded in the group
+		if err != nil {
+			s.n.log.Warn("replica on disk not started", "group", name.String(), "err", err)
+			continue
+		}
+		s.mu.Lock()
+		s.m[groupKey{name.Queue(), name.Partition()}] = r
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// reconcile starts the replicas the catalogue assigns to this node and
+// stops (and deletes) those of queues that no longer exist.
+func (s *replicaSet) reconcile() {
+	var queues []*fsmv1.QueueInfo
+	s.n.ctrl.read(func(c *fsm.Catalog) { queues = c.Queues() })
+	want := map[groupKey]bool{}
+	for _, q := range queues {
+		for _, pa := range q.GetPartitions() {
+			var self *fsmv1.Replica
+			for _, rep := range pa.GetReplicas() {
+				if rep.GetNodeId() == s.n.id {
+					self = rep
+				}
+			}
+			if self == nil {
+				continue
+			}
+			key := groupKey{q.GetName(), pa.GetPartition()}
+			want[key] = true
+			if r, ok := s.get(key.queue, key.part); ok && r.qid == q.GetId() {
+				continue
+			}
+			s.start(q, pa, self)
+		}
+	}
+	// Stop replicas of deleted queues (or of an older queue with the name).
+	for _, r := range s.all() {
+		key := groupKey{r.queue, r.part}
+		q, ok := s.n.ctrl.queue(r.queue)
+		if want[key] && ok && q.GetId() == r.qid {
+			continue
+		}
+		if s.n.ctrl.epochKnown() {
+			s.remove(r)
+		}
+	}
+}
+
+func (s *replicaSet) start(q *fsmv1.QueueInfo, pa *fsmv1.PartitionAssignment, self *fsmv1.Replica) {
+	name := storage.PartitionGroup(q.GetName(), q.GetId(), pa.GetPartition())
+	id := replicaServerID(s.n.id, self.GetEpoch())
+	if old, ok := s.get(q.GetName(), pa.GetPartition()); ok {
+		s.remove(old) // an older queue with the same name
+	}
+	r, err := startReplica(s.n, name, id)
+	if err != nil {
+		s.n.log.Error("start replica", "group", name.String(), "err", err)
+		return
+	}
+	var servers []raft.Server
+	for _, rep := range pa.GetReplicas() {
+		info, ok := s.n.ctrl.node(rep.GetNodeId())
+		if !ok {
+			continue
+		}
+		suff := raft.Voter
+		if !rep.GetVoter() {
+			suff = raft.Nonvoter
+		}
+		servers = append(servers, raft.Server{Suffrage: suff, ID: replicaServerID(rep.GetNodeId(), rep.GetEpoch()), Address: raft.ServerAddress(info.GetPeerAddr())})
+	}
+	// Every replica bootstraps with the same configuration, from the same
+	// catalogue entry: raft accepts that, and the group forms once a
+	// majority is up.
+	if err := r.g.bootstrap(servers); err != nil {
+		r.log.Error("bootstrap partition", "err", err)
+	}
+	s.mu.Lock()
+	s.m[groupKey{q.GetName(), pa.GetPartition()}] = r
+	s.mu.Unlock()
+	r.log.Info("replica started", "server", id)
+}
+
+func (s *replicaSet) remove(r *replica) {
+	s.mu.Lock()
+	if cur, ok := s.m[groupKey{r.queue, r.part}]; ok && cur == r {
+		delete(s.m, groupKey{r.queue, r.part})
+	}
+	s.mu.Unlock()
+	if err := r.stop(); err != nil {
+		r.log.Warn("stop replica", "err", err)
+	}
+	if err := s.n.dir.RemoveGroup(r.g.name); err != nil {
+		r.log.Warn("remove replica data", "err", err)
+	}
+	r.log.Info("replica removed")
+}
+
+func (s *replicaSet) stopAll() {
+	for _, r := range s.all() {
+		if err := r.stop(); err != nil {
+			r.log.Warn("stop replica", "err", err)
+		}
+	}
+	s.mu.Lock()
+	s.m = map[groupKey]*replica{}
+	s.mu.Unlock()
+}
+
+// read answers a leader read: stats, Raft progress and, if asked, dead letters.
+func (r *replica) read(req *peerv1.ReadRequest) *peerv1.ReadResponse {
+	resp := &peerv1.ReadResponse{
+		Term:         r.g.raft.CurrentTerm(),
+		CommitIndex:  r.g.raft.CommitIndex(),
+		AppliedIndex: r.g.raft.AppliedIndex(),
+		LastIndex:    r.g.raft.LastIndex(),
+		LeaderId:     nodeOfServer(r.g.leaderID()),
+	}
+	r.fsm.Read(func(p *fsm.Partition) {
+		resp.Stats = statsToPeer(p.Stats())
+		if req.GetDeadLetters() {
+			for _, d := range p.DeadLetters(req.GetDeadAfter(), int(min(max(req.GetDeadLimit(), 1), 1000))) {
+				resp.DeadLetters = append(resp.DeadLetters, &peerv1.DeadLetter{Seq: d.Seq, Order: d.Order, Reason: d.Reason,
+					DeadAt: d.DeadAt, EnqueuedAt: d.EnqueuedAt, Deliveries: d.Deliveries, Payload: d.Payload, Key: d.Key, Headers: d.Headers})
+			}
+		}
+	})
+	if f := r.g.raft.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			resp.Replicas = append(resp.Replicas, &peerv1.ReplicaState{ServerId: string(s.ID), Voter: s.Suffrage == raft.Voter})
+		}
+	}
+	return resp
+}
+
+// transfer hands leadership to the replica on node to, or to raft's choice.
+func (r *replica) transfer(ctx context.Context, to string) (*peerv1.TransferResponse, error) {
+	var f raft.Future
+	if to == "" {
+		f = r.g.raft.LeadershipTransfer()
+	} else {
+		cfg := r.g.raft.GetConfiguration()
+		if err := cfg.Error(); err != nil {
+			return nil, err
+		}
+		var target *raft.Server
+		for _, s := range cfg.Configuration().Servers {
+			if nodeOfServer(s.ID) == to {
+				target = &s
+			}
+		}
+		if target == nil {
+			return nil, status.Errorf(codes.InvalidArgument, "node %s hosts no replica of %s/%d", to, r.queue, r.part)
+		}
+		f = r.g.raft.LeadershipTransferToServer(target.ID, target.Address)
+	}
+	if err := f.Error(); err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return &peerv1.TransferResponse{LeaderId: nodeOfServer(r.g.leaderID())}, nil
+}

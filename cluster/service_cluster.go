@@ -1,0 +1,135 @@
+package cluster
+
+import (
+	"context"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumq/quorumq/fsm"
+	fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
+	peerv1 "github.com/quorumq/quorumq/proto/quorumq/peer/v1"
+	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
+)
+
+// clusterServer is the public ClusterService.
+type clusterServer struct {
+	qv1.UnimplementedClusterServiceServer
+	n *Node
+}
+
+func (s *clusterServer) Status(ctx context.Context, req *qv1.StatusRequest) (*qv1.StatusResponse, error) {
+	n := s.n
+	resp := &qv1.StatusResponse{NodeId: n.id, Version: Version, ControllerLeader: string(n.ctrl.g.leaderID()), Ready: n.notReady() == ""}
+	for _, m := range n.gossip.members() {
+		if m.State == "alive" {
+			resp.Members++
+		}
+	}
+	n.ctrl.read(func(c *fsm.Catalog) {
+		for _, q := range c.Queues() {
+			resp.Queues++
+			resp.Partitions += uint32(len(q.GetPartitions()))
+		}
+	})
+	for _, r := range n.replicas.all() {
+		resp.LocalReplicas++
+		if r.isLeader() {
+			resp.LocalLeaders++
+		}
+	}
+	return resp, nil
+}
+
+func (s *clusterServer) Members(ctx context.Context, req *qv1.MembersRequest) (*qv1.MembersResponse, error) {
+	resp := &qv1.MembersResponse{}
+	seen := map[string]bool{}
+	for _, m := range s.n.gossip.members() {
+		seen[m.ID] = true
+		mem := &qv1.Member{Id: m.ID, ClientAddr: m.Client, PeerAddr: m.Peer, GossipAddr: m.Gossip, HttpAddr: m.HTTP,
+			Zone: m.Zone, Version: m.Version, GossipState: m.State}
+		if info, ok := s.n.ctrl.node(m.ID); ok {
+			mem.CatalogState = catalogStateName(info.GetState())
+		}
+		resp.Members = append(resp.Members, mem)
+	}
+	for _, info := range s.n.ctrl.nodes() {
+		if !seen[info.GetId()] {
+			resp.Members = append(resp.Members, &qv1.Member{Id: info.GetId(), ClientAddr: info.GetClientAddr(), PeerAddr: info.GetPeerAddr(),
+				GossipAddr: info.GetGossipAddr(), HttpAddr: info.GetHttpAddr(), Zone: info.GetZone(), Version: info.GetVersion(),
+				GossipState: "unknown", CatalogState: catalogStateName(info.GetState())})
+		}
+	}
+	return resp, nil
+}
+
+func catalogStateName(s fsmv1.NodeState) string {
+	switch s {
+	case fsmv1.NodeState_NODE_STATE_ALIVE:
+		return "alive"
+	case fsmv1.NodeState_NODE_STATE_DRAINING:
+		return "draining"
+	case fsmv1.NodeState_NODE_STATE_REMOVED:
+		return "removed"
+	}
+	return ""
+}
+
+func (s *clusterServer) Partitions(ctx context.Context, req *qv1.PartitionsRequest) (*qv1.PartitionsResponse, error) {
+	var queues []*fsmv1.QueueInfo
+	s.n.ctrl.read(func(c *fsm.Catalog) { queues = c.Queues() })
+	resp := &qv1.PartitionsResponse{}
+	var mu sync.Mutex
+	for _, q := range queues {
+		if req.GetQueue() != "" && q.GetName() != req.GetQueue() {
+			continue
+		}
+		infos := make([]*qv1.PartitionInfo, len(q.GetPartitions()))
+		parts := map[uint32]bool{}
+		for p := range uint32(len(q.GetPartitions())) {
+			parts[p] = true
+		}
+		_ = eachPartition(ctx, parts, func(ctx context.Context, p uint32, _ bool) error {
+			info := &qv1.PartitionInfo{Queue: q.GetName(), Partition: p}
+			for _, r := range q.GetPartitions()[p].GetReplicas() {
+				info.Replicas = append(info.Replicas, &qv1.ReplicaInfo{NodeId: r.GetNodeId(), Voter: r.GetVoter()})
+			}
+			if r, err := s.n.readPartition(ctx, q, p, &peerv1.ReadRequest{}); err == nil {
+				info.Leader, info.Term, info.CommitIndex, info.AppliedIndex = r.GetLeaderId(), r.GetTerm(), r.GetCommitIndex(), r.GetAppliedIndex()
+				st := r.GetStats()
+				info.Stats = &qv1.QueueStats{Ready: st.GetReady(), Delayed: st.GetDelayed(), Leased: st.GetLeased(), Dead: st.GetDead(), Bytes: st.GetBytes(),
+					EnqueuedTotal: st.GetEnqueuedTotal(), AckedTotal: st.GetAckedTotal(), DeadLetteredTotal: st.GetDeadLetteredTotal(), ExpiredTotal: st.GetExpiredTotal()}
+			}
+			mu.Lock()
+			infos[p] = info
+			mu.Unlock()
+			return nil
+		})
+		resp.Partitions = append(resp.Partitions, infos...)
+	}
+	return resp, nil
+}
+
+func (s *clusterServer) TransferLeadership(ctx context.Context, req *qv1.TransferLeadershipRequest) (*qv1.TransferLeadershipResponse, error) {
+	q, ok := s.n.ctrl.queue(req.GetQueue())
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "queue %q not found", req.GetQueue())
+	}
+	if int(req.GetPartition()) >= len(q.GetPartitions()) {
+		return nil, status.Errorf(codes.InvalidArgument, "queue %q has no partition %d", q.GetName(), req.GetPartition())
+	}
+	p := req.GetPartition()
+	tr := &peerv1.TransferRequest{Group: groupOf(q, p), To: req.GetTo()}
+	resp, err := onLeader(ctx, s.n, q, p,
+		func(ctx context.Context, r *replica) (*peerv1.TransferResponse, error) {
+			return r.transfer(ctx, req.GetTo())
+		},
+		func(ctx context.Context, node string) (*peerv1.TransferResponse, error) {
+			return s.n.peers.transfer(ctx, node, tr)
+		})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &qv1.TransferLeadershipResponse{Leader: resp.GetLeaderId()}, nil
+}
