@@ -18,7 +18,7 @@ import (
 // testCluster is an in-process cluster: each node on its own 127.0.0.1
 // ports and data directory.
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	nodes []*Node
 	cfgs  []Config
 }
@@ -39,7 +39,7 @@ func nodeConfig(dir, id string, expect int, join []string) Config {
 	}
 }
 
-func startCluster(t *testing.T, size int) *testCluster {
+func startCluster(t testing.TB, size int) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t}
 	base := t.TempDir()
@@ -148,7 +148,7 @@ func (c *testCluster) client(i int) (qv1.QueueServiceClient, qv1.ClusterServiceC
 	return qv1.NewQueueServiceClient(cc), qv1.NewClusterServiceClient(cc)
 }
 
-func ctxT(t *testing.T, d time.Duration) context.Context {
+func ctxT(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx

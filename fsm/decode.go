@@ -22,9 +22,26 @@ func (m *newMsg) size() uint64 { return messageSize(m.payload, m.key, m.headers)
 func newMsgsFromProto(ms []*fsmv1.NewMessage) []newMsg {
 	out := make([]newMsg, len(ms))
 	for i, m := range ms {
-		out[i] = newMsg{payload: m.GetPayload(), key: m.GetKey(), headers: m.GetHeaders(), delay: m.GetDelay(), dedupID: m.GetDedupId()}
+		out[i] = newMsg{payload: m.GetPayload(), key: m.GetKey(), headers: plainHeaders(m.GetHeaders()), delay: m.GetDelay(), dedupID: m.GetDedupId()}
 	}
 	return out
+}
+
+// plainHeaders drops unknown fields a newer writer may have put in headers,
+// so that a replica that applied the log and one restored from a snapshot
+// (which keeps key and value only) hold the same headers.
+func plainHeaders(hs []*fsmv1.Header) []*fsmv1.Header {
+	for i, h := range hs {
+		if len(h.ProtoReflect().GetUnknown()) > 0 {
+			out := make([]*fsmv1.Header, len(hs))
+			copy(out, hs[:i])
+			for j := i; j < len(hs); j++ {
+				out[j] = &fsmv1.Header{Key: hs[j].GetKey(), Value: hs[j].GetValue()}
+			}
+			return out
+		}
+	}
+	return hs
 }
 
 // Field numbers read by the Enqueue fast path (partition.proto).

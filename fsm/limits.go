@@ -21,6 +21,10 @@ const (
 	MaxReasonBytes    = 1024
 	MaxReceive        = 1000
 
+	// MaxStamp bounds a command's stamp (Unix ns, year 2116) so that stamp
+	// plus any delay, lease or window cannot overflow.
+	MaxStamp = 1 << 62
+
 	MaxDelay           = 24 * time.Hour
 	MinVisibility      = time.Millisecond
 	MaxVisibility      = 12 * time.Hour

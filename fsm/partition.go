@@ -93,6 +93,9 @@ func (p *Partition) ApplyEncoded(data []byte) *Result {
 		if version != CommandVersion {
 			return &Result{Code: Unsupported, Detail: fmt.Sprintf("%v: command version %d, want %d", ErrUnsupportedVersion, version, CommandVersion), Now: p.now}
 		}
+		if stamp < 0 || stamp > MaxStamp {
+			return &Result{Code: Invalid, Detail: fmt.Sprintf("%v: stamp %d outside [0, %d]", ErrInvalid, stamp, int64(MaxStamp)), Now: p.now}
+		}
 		if err := validateEnqueue(msgs); err != nil {
 			return &Result{Code: Invalid, Detail: err.Error(), Now: p.now}
 		}

@@ -553,3 +553,17 @@ func TestNextDue(t *testing.T) {
 		t.Fatalf("after the lease ended: due %d, want the delay's end", d)
 	}
 }
+
+// TestStampBounds: a stamp that could overflow a deadline is refused on
+// both decoding paths.
+func TestStampBounds(t *testing.T) {
+	for _, stamp := range []int64{-1, MaxStamp + 1} {
+		c := &fsmv1.Command{Version: CommandVersion, Stamp: stamp, Op: enq(msg("a"))}
+		if r := NewPartition().ApplyEncoded(mustMarshal(t, c)); r.Code != Invalid {
+			t.Errorf("stamp %d through the fast path: %v", stamp, r.Code)
+		}
+		if r := NewPartition().Apply(c); r.Code != Invalid {
+			t.Errorf("stamp %d: %v", stamp, r.Code)
+		}
+	}
+}

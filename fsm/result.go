@@ -37,11 +37,12 @@ type LeaseOutcome uint8
 const (
 	// LeaseOK: the receipt matched the message's current lease.
 	LeaseOK LeaseOutcome = iota
-	// LeaseStale: the message is stored but this receipt is not its current
-	// lease (it expired and was leased again, or it is not leased).
+	// LeaseStale: the message is leased under another epoch (it expired and
+	// was leased again) or has gone to dead-letter.
 	LeaseStale
-	// LeaseUnknown: no leased message with this sequence (acked, deleted,
-	// released by expiry, or never existed).
+	// LeaseUnknown: no leased or dead message with this sequence (acked,
+	// deleted, back to ready or delayed after its lease ended, or never
+	// existed).
 	LeaseUnknown
 )
 

@@ -61,6 +61,9 @@ func ValidateCommand(c *fsmv1.Command) error {
 	if c.GetVersion() != CommandVersion {
 		return fmt.Errorf("%w: command version %d, want %d", ErrUnsupportedVersion, c.GetVersion(), CommandVersion)
 	}
+	if s := c.GetStamp(); s < 0 || s > MaxStamp {
+		return invalidf("stamp %d outside [0, %d]", s, int64(MaxStamp))
+	}
 	switch op := c.GetOp().(type) {
 	case *fsmv1.Command_Enqueue:
 		return validateEnqueue(newMsgsFromProto(op.Enqueue.GetMessages()))
