@@ -2,6 +2,9 @@ package cluster
 
 import (
 	"fmt"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,4 +98,21 @@ func TestThreeNodeEnqueueReceiveAck(t *testing.T) {
 		t.Fatalf("replicas per node %v", replicas)
 	}
 	t.Logf("leaders per node %v", leaders)
+
+	// HTTP: liveness, readiness and metrics.
+	for path, want := range map[string]string{
+		"/healthz": "ok",
+		"/readyz":  "ready",
+		"/metrics": `quorumq_partition_messages{queue="orders",partition="0",state="ready"} 0`,
+	} {
+		c.waitFor(path, 10*time.Second, func() bool {
+			resp, err := http.Get("http://" + c.nodes[0].HTTPAddr() + path)
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode == http.StatusOK && strings.Contains(string(body), want)
+		})
+	}
 }

@@ -18,6 +18,10 @@ import (
 // metrics are the node's counters, written in the Prometheus text format.
 type metrics struct {
 	forwarded atomic.Uint64
+	// apply: time from proposing a partition command to its result, on the
+	// leader (replication, fsync on a majority, apply).
+	applyCount atomic.Uint64
+	applyNanos atomic.Uint64
 
 	mu       sync.Mutex
 	requests map[[2]string]uint64 // method, code
@@ -80,6 +84,8 @@ func (n *Node) writeMetrics(w io.Writer) {
 	}
 	m.mu.Unlock()
 	fmt.Fprintf(w, "# TYPE quorumq_forwarded_total counter\nquorumq_forwarded_total %d\n", m.forwarded.Load())
+	fmt.Fprintf(w, "# TYPE quorumq_apply_seconds summary\nquorumq_apply_seconds_sum %g\nquorumq_apply_seconds_count %d\n",
+		float64(m.applyNanos.Load())/1e9, m.applyCount.Load())
 
 	reps := n.replicas.all()
 	slices.SortFunc(reps, func(a, b *replica) int {

@@ -132,10 +132,13 @@ func (r *replica) propose(ctx context.Context, cmd *fsmv1.Command) (*fsm.Result,
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	f := r.g.raft.Apply(data, timeoutOf(ctx, 10*time.Second))
 	if err := f.Error(); err != nil {
 		return nil, raftErr(err, r.g)
 	}
+	r.n.metrics.applyCount.Add(1)
+	r.n.metrics.applyNanos.Add(uint64(time.Since(start)))
 	return f.Response().(*fsm.Result), nil
 }
 
