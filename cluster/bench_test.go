@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
 )
 
@@ -70,4 +72,61 @@ func benchEnqueue(b *testing.B, size, producers, batch int) {
 		b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
 	}
 	b.ReportMetric(float64(len(all)*batch)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkClusterConsumeAck measures receive+ack of prefilled messages on
+// an in-process 3-node cluster (6 partitions x R3), consumers receiving up
+// to 100 at a time through one node. One op is one message.
+func BenchmarkClusterConsumeAck(b *testing.B) {
+	for _, consumers := range []int{1, 4} {
+		b.Run(fmt.Sprintf("consumers=%d", consumers), func(b *testing.B) {
+			c := startCluster(b, 3)
+			q, _ := c.client(0)
+			ctx := context.Background()
+			name := fmt.Sprintf("consume-%d", time.Now().UnixNano())
+			if _, err := q.CreateQueue(ctx, &qv1.CreateQueueRequest{Name: name, Partitions: 6, Replicas: 3}); err != nil {
+				b.Fatal(err)
+			}
+			msgs := make([]*qv1.Message, 500)
+			for i := range msgs {
+				msgs[i] = &qv1.Message{Payload: make([]byte, 128)}
+			}
+			for filled := 0; filled < b.N; filled += len(msgs) {
+				if _, err := q.Enqueue(ctx, &qv1.EnqueueRequest{Queue: name, Messages: msgs}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var done atomic.Int64
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for range consumers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for done.Load() < int64(b.N) {
+						res, err := q.Receive(ctx, &qv1.ReceiveRequest{Queue: name, Max: 100, Wait: durationpb.New(100 * time.Millisecond)})
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						if len(res.GetMessages()) == 0 {
+							continue
+						}
+						receipts := make([]string, len(res.GetMessages()))
+						for i, m := range res.GetMessages() {
+							receipts[i] = m.GetReceipt()
+						}
+						if _, err := q.Ack(ctx, &qv1.AckRequest{Queue: name, Receipts: receipts}); err != nil {
+							b.Error(err)
+							return
+						}
+						done.Add(int64(len(receipts)))
+					}
+				}()
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(done.Load())/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
 }
