@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -65,15 +66,7 @@ func (n *Node) bootstrapChoice() ([]raft.Server, bool) {
 	if len(fresh) < n.cfg.BootstrapExpect {
 		return nil, false
 	}
-	slices.SortFunc(fresh, func(a, b Member) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(fresh, func(a, b Member) int { return strings.Compare(a.ID, b.ID) })
 	chosen := fresh[:n.cfg.BootstrapExpect]
 	if chosen[0].ID != n.id {
 		return nil, false

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,9 +66,9 @@ func (n *Node) writeMetrics(w io.Writer) {
 	}
 	slices.SortFunc(keys, func(a, b [2]string) int {
 		if a[0] != b[0] {
-			return cmpStr(a[0], b[0])
+			return strings.Compare(a[0], b[0])
 		}
-		return cmpStr(a[1], b[1])
+		return strings.Compare(a[1], b[1])
 	})
 	for _, k := range keys {
 		fmt.Fprintf(w, "quorumq_requests_total{method=%q,code=%q} %d\n", k[0], k[1], m.requests[k])
@@ -90,7 +91,7 @@ func (n *Node) writeMetrics(w io.Writer) {
 	reps := n.replicas.all()
 	slices.SortFunc(reps, func(a, b *replica) int {
 		if a.queue != b.queue {
-			return cmpStr(a.queue, b.queue)
+			return strings.Compare(a.queue, b.queue)
 		}
 		return int(a.part) - int(b.part)
 	})
@@ -112,14 +113,4 @@ func (n *Node) writeMetrics(w io.Writer) {
 		fmt.Fprintf(w, "quorumq_partition_messages{%s,state=\"leased\"} %d\n", lbl, s.Leased)
 		fmt.Fprintf(w, "quorumq_partition_messages{%s,state=\"dead\"} %d\n", lbl, s.Dead)
 	}
-}
-
-func cmpStr(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

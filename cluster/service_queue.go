@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -525,15 +526,7 @@ func headersToFSM(h map[string]string) []*fsmv1.Header {
 	for k, v := range h {
 		out = append(out, &fsmv1.Header{Key: k, Value: []byte(v)})
 	}
-	slices.SortFunc(out, func(a, b *fsmv1.Header) int {
-		switch {
-		case a.Key < b.Key:
-			return -1
-		case a.Key > b.Key:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b *fsmv1.Header) int { return strings.Compare(a.Key, b.Key) })
 	return out
 }
 

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -31,8 +32,9 @@ func settings(mod func(*fsmv1.Settings)) *fsmv1.Settings {
 	return s
 }
 
-func (h *tp) do(stamp int64, op any) *Result {
-	h.t.Helper()
+// command wraps an operation (a *fsmv1.Command_X) in a current-version
+// command stamped at stamp.
+func command(stamp int64, op any) *fsmv1.Command {
 	c := &fsmv1.Command{Version: CommandVersion, Stamp: stamp}
 	switch o := op.(type) {
 	case *fsmv1.Command_Enqueue:
@@ -56,10 +58,15 @@ func (h *tp) do(stamp int64, op any) *Result {
 	case *fsmv1.Command_Tick:
 		c.Op = o
 	default:
-		h.t.Fatalf("unknown op %T", op)
+		panic(fmt.Sprintf("unknown op %T", op))
 	}
+	return c
+}
+
+func (h *tp) do(stamp int64, op any) *Result {
+	h.t.Helper()
 	// Always go through the encoded form, as Raft does.
-	data, err := proto.Marshal(c)
+	data, err := proto.Marshal(command(stamp, op))
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -24,28 +24,7 @@ var update = flag.Bool("update", false, "rewrite golden files in testdata/")
 // dedup entries, superseded dedup records and counters behind.
 func scenario() []*fsmv1.Command {
 	var cs []*fsmv1.Command
-	add := func(stamp int64, op any) {
-		c := &fsmv1.Command{Version: CommandVersion, Stamp: stamp}
-		switch o := op.(type) {
-		case *fsmv1.Command_Enqueue:
-			c.Op = o
-		case *fsmv1.Command_Receive:
-			c.Op = o
-		case *fsmv1.Command_Ack:
-			c.Op = o
-		case *fsmv1.Command_Requeue:
-			c.Op = o
-		case *fsmv1.Command_Reject:
-			c.Op = o
-		case *fsmv1.Command_Redrive:
-			c.Op = o
-		case *fsmv1.Command_Configure:
-			c.Op = o
-		case *fsmv1.Command_Tick:
-			c.Op = o
-		}
-		cs = append(cs, c)
-	}
+	add := func(stamp int64, op any) { cs = append(cs, command(stamp, op)) }
 	lr := func(seq uint64, epoch uint32) *fsmv1.LeaseRef { return &fsmv1.LeaseRef{Seq: seq, Epoch: epoch} }
 	add(1, &fsmv1.Command_Configure{Configure: &fsmv1.Configure{Settings: settings(func(s *fsmv1.Settings) {
 		s.MaxDeliveries, s.DedupWindow, s.Retention, s.Partition = 2, 50*sec, 1000*sec, 3
