@@ -241,7 +241,13 @@ func readSnapshot(r io.Reader) (*Partition, error) {
 		return nil, corrupt("next sequence 0")
 	}
 
+	// The partition relies on invariants that its commands keep: enqueue
+	// stamps never decrease with the sequence (the oldest ready message is
+	// the lowest), nothing happened after now, and dead-letter times never
+	// decrease with the dead-letter order. A snapshot that breaks them is
+	// not one a partition wrote.
 	var lastSeq uint64
+	var lastEnqueued int64
 	for i := uint64(0); i < h.GetMessages(); i++ {
 		if err := dec.next(&rec); err != nil {
 			return nil, err
@@ -253,7 +259,10 @@ func readSnapshot(r io.Reader) (*Partition, error) {
 		if sm.GetSeq() <= lastSeq || sm.GetSeq() >= p.nextSeq {
 			return nil, corrupt("message sequence %d out of order", sm.GetSeq())
 		}
-		lastSeq = sm.GetSeq()
+		if sm.GetEnqueuedAt() < lastEnqueued || sm.GetEnqueuedAt() > p.now || sm.GetDeadAt() > p.now {
+			return nil, corrupt("message %d: enqueue or dead-letter time out of order", sm.GetSeq())
+		}
+		lastSeq, lastEnqueued = sm.GetSeq(), sm.GetEnqueuedAt()
 		if err := p.restoreMessage(sm); err != nil {
 			return nil, err
 		}
@@ -272,6 +281,16 @@ func readSnapshot(r io.Reader) (*Partition, error) {
 		}
 		p.dedup[key] = dedupEntry{seq: d.GetSeq(), expiresAt: d.GetExpiresAt()}
 		p.dedupFIFO.pushBack(dedupRecord{key: key, seq: d.GetSeq(), expiresAt: d.GetExpiresAt()})
+	}
+	var lastDeadAt int64
+	ordered := true
+	p.dead.Ascend(func(m *message) bool {
+		ordered = m.deadAt >= lastDeadAt
+		lastDeadAt = m.deadAt
+		return ordered
+	})
+	if !ordered {
+		return nil, corrupt("dead-letter times out of order")
 	}
 	p.dedupPeak = len(p.dedup)
 	p.bySeqPeak = len(p.bySeq)
