@@ -13,6 +13,7 @@ all: build
 
 build:
 	$(GO) build $(PKGS)
+	CGO_ENABLED=0 $(GO) build -o bin/quorumq ./cmd/quorumq
 
 ## test: what CI runs (README): generated code fresh, lint, every test with -race.
 test: proto-check lint

@@ -18,6 +18,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/quorumq/quorumq/fsm"
 	peerv1 "github.com/quorumq/quorumq/proto/quorumq/peer/v1"
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
 	"github.com/quorumq/quorumq/storage"
@@ -64,9 +65,10 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	n = &Node{cfg: cfg, metrics: newMetrics()}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	node := n // the returns below set n to nil
 	defer func() {
 		if err != nil {
-			n.close()
+			_ = node.close()
 		}
 	}()
 	if n.dir, err = storage.Open(cfg.DataDir); err != nil {
@@ -114,9 +116,12 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	n.gossipReady.Store(n.gossip)
 
-	n.peerSrv = grpc.NewServer()
+	// A request may carry a whole Enqueue batch (fsm.MaxBatchBytes) plus
+	// protobuf framing.
+	maxMsg := grpc.MaxRecvMsgSize(fsm.MaxBatchBytes + 1<<20)
+	n.peerSrv = grpc.NewServer(maxMsg)
 	peerv1.RegisterPeerServiceServer(n.peerSrv, &peerServer{n: n})
-	n.clientSrv = grpc.NewServer(grpc.ChainUnaryInterceptor(n.metrics.unaryInterceptor))
+	n.clientSrv = grpc.NewServer(maxMsg, grpc.ChainUnaryInterceptor(n.metrics.unaryInterceptor))
 	qv1.RegisterQueueServiceServer(n.clientSrv, &queueServer{n: n})
 	qv1.RegisterClusterServiceServer(n.clientSrv, &clusterServer{n: n})
 	n.health = health.NewServer()
@@ -206,7 +211,9 @@ func (n *Node) Stop(ctx context.Context) error {
 		if n.ctrl.g.raft.State() == raft.Leader {
 			_ = n.ctrl.g.raft.LeadershipTransfer().Error()
 		}
-		if err := n.gossip.leave(time.Until(deadlineOr(ctx, 2*time.Second))); err != nil {
+		// Leave waits for its broadcast to go out, which may never happen
+		// when every other member is stopping too: bound it.
+		if err := n.gossip.leave(min(time.Until(deadlineOr(ctx, leaveTimeout)), leaveTimeout)); err != nil {
 			n.log.Debug("gossip leave", "err", err)
 		}
 		done := make(chan struct{})
@@ -269,6 +276,9 @@ func (n *Node) close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// leaveTimeout bounds the gossip leave of a graceful stop.
+const leaveTimeout = 2 * time.Second
 
 func deadlineOr(ctx context.Context, d time.Duration) time.Time {
 	if dl, ok := ctx.Deadline(); ok {

@@ -25,11 +25,11 @@ const defaultReplicas = 3
 // leader so that the first enqueue does not have to.
 func (n *Node) createQueue(ctx context.Context, req *qv1.CreateQueueRequest) (*fsmv1.QueueInfo, error) {
 	if err := fsm.ValidQueueName(req.GetName()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, status.Error(codes.InvalidArgument, invalidMessage(err))
 	}
 	settings, err := settingsFromPublic(req.GetSettings())
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, status.Error(codes.InvalidArgument, invalidMessage(err))
 	}
 	parts := req.GetPartitions()
 	if parts == 0 {

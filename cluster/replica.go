@@ -382,5 +382,17 @@ func (r *replica) transfer(ctx context.Context, to string) (*peerv1.TransferResp
 	if err := f.Error(); err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
-	return &peerv1.TransferResponse{LeaderId: nodeOfServer(r.g.leaderID())}, nil
+	// The new leader is known here once it has sent its first heartbeat.
+	for {
+		applied := r.g.waitApplied()
+		if id := r.g.leaderID(); id != "" && id != r.g.id {
+			return &peerv1.TransferResponse{LeaderId: nodeOfServer(id)}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return &peerv1.TransferResponse{LeaderId: to}, nil
+		case <-applied:
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

@@ -38,7 +38,7 @@ func (s *peerServer) Propose(ctx context.Context, req *peerv1.ProposeRequest) (*
 		return &peerv1.ProposeResponse{NotLeader: nl}, nil
 	}
 	if err := fsm.ValidateCommand(withVersion(req.GetCommand())); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, status.Error(codes.InvalidArgument, invalidMessage(err))
 	}
 	res, err := r.propose(ctx, req.GetCommand())
 	var nle *NotLeaderError
@@ -74,7 +74,7 @@ func (s *peerServer) ProposeCatalog(ctx context.Context, req *peerv1.ProposeCata
 		return &peerv1.ProposeCatalogResponse{NotLeader: &peerv1.NotLeader{LeaderId: string(c.g.leaderID())}}, nil
 	}
 	if err := fsm.ValidateCatalogCommand(req.GetCommand()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, status.Error(codes.InvalidArgument, invalidMessage(err))
 	}
 	res, err := c.applyLocal(ctx, req.GetCommand())
 	var nle *NotLeaderError

@@ -25,6 +25,11 @@ import (
 // maxWait bounds a Receive long poll.
 const maxWait = 20 * time.Second
 
+// maxReceiveBytes bounds the messages of one Receive response, so that it
+// fits a client's default 4 MiB message limit with room for framing; a
+// single larger message is still delivered.
+const maxReceiveBytes = 3 << 20
+
 // queueServer is the public QueueService. It validates at the edge, turns
 // requests into partition commands, runs them on the partition leaders and
 // maps outcomes to gRPC status codes.
@@ -36,7 +41,7 @@ type queueServer struct {
 
 func (s *queueServer) queue(name string) (*fsmv1.QueueInfo, error) {
 	if err := fsm.ValidQueueName(name); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, status.Error(codes.InvalidArgument, invalidMessage(err))
 	}
 	q, ok := s.n.ctrl.queue(name)
 	if !ok {
@@ -135,7 +140,7 @@ func (s *queueServer) Enqueue(ctx context.Context, req *qv1.EnqueueRequest) (*qv
 	}
 	for _, b := range batches {
 		if err := fsm.ValidateCommand(withVersion(b.cmd)); err != nil {
-			return nil, status.Error(codes.InvalidArgument, err.Error())
+			return nil, status.Error(codes.InvalidArgument, invalidMessage(err))
 		}
 	}
 	out := make([]*qv1.EnqueueResult, len(msgs))
@@ -200,7 +205,7 @@ func (s *queueServer) Receive(ctx context.Context, req *qv1.ReceiveRequest) (*qv
 	vis := req.GetVisibilityTimeout().AsDuration()
 	cmd := &fsmv1.Command{Op: &fsmv1.Command_Receive{Receive: &fsmv1.Receive{Consumer: req.GetConsumer(), Max: max, VisibilityTimeout: vis.Nanoseconds()}}}
 	if err := fsm.ValidateCommand(withVersion(cmd)); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, status.Error(codes.InvalidArgument, invalidMessage(err))
 	}
 	if wait < 0 || wait > maxWait {
 		return nil, status.Errorf(codes.InvalidArgument, "wait %v outside [0, %v]", wait, maxWait)
@@ -209,6 +214,7 @@ func (s *queueServer) Receive(ctx context.Context, req *qv1.ReceiveRequest) (*qv
 	parts := uint32(len(q.GetPartitions()))
 	start := uint32(s.rr.Add(1) % uint64(parts))
 	var out []*qv1.ReceivedMessage
+	var outBytes uint64
 	for {
 		// One pass over the partitions, from a rotating start so that no
 		// partition is always served first; only ready ones get a Receive.
@@ -218,7 +224,11 @@ func (s *queueServer) Receive(ctx context.Context, req *qv1.ReceiveRequest) (*qv
 			if err != nil || !ready {
 				continue
 			}
+			if len(out) > 0 && outBytes >= maxReceiveBytes {
+				break
+			}
 			cmd.GetReceive().Max = max - uint32(len(out))
+			cmd.GetReceive().MaxBytes = maxReceiveBytes - min(outBytes, maxReceiveBytes-1)
 			res, err := s.n.propose(ctx, q, p, cmd)
 			if err != nil {
 				if len(out) > 0 {
@@ -228,6 +238,7 @@ func (s *queueServer) Receive(ctx context.Context, req *qv1.ReceiveRequest) (*qv
 			}
 			for _, d := range res.Delivered {
 				out = append(out, receivedMessage(q, p, d))
+				outBytes += uint64(len(d.Payload) + len(d.Key))
 			}
 		}
 		if len(out) > 0 || !time.Now().Before(deadline) {
@@ -299,7 +310,7 @@ func (s *queueServer) leaseOp(ctx context.Context, queue string, receipts []stri
 	for i, rs := range receipts {
 		rc, err := parseReceipt(rs)
 		if err != nil {
-			return nil, status.Error(codes.InvalidArgument, err.Error())
+			return nil, status.Error(codes.InvalidArgument, invalidMessage(err))
 		}
 		out[i] = &qv1.ReceiptResult{Receipt: rs, Status: qv1.ReceiptStatus_RECEIPT_STATUS_UNKNOWN}
 		if rc.queueID != q.GetId() || int(rc.partition) >= len(q.GetPartitions()) {
@@ -315,7 +326,7 @@ func (s *queueServer) leaseOp(ctx context.Context, queue string, receipts []stri
 	}
 	for _, b := range batches {
 		if err := fsm.ValidateCommand(withVersion(mk(b.refs))); err != nil {
-			return nil, status.Error(codes.InvalidArgument, err.Error())
+			return nil, status.Error(codes.InvalidArgument, invalidMessage(err))
 		}
 	}
 	_ = eachPartition(ctx, batches, func(ctx context.Context, p uint32, b *batch) error {
@@ -414,7 +425,7 @@ func (s *queueServer) Redrive(ctx context.Context, req *qv1.RedriveRequest) (*qv
 		for _, id := range ids {
 			p, seq, err := parseMessageID(id)
 			if err != nil {
-				return nil, status.Error(codes.InvalidArgument, err.Error())
+				return nil, status.Error(codes.InvalidArgument, invalidMessage(err))
 			}
 			if int(p) >= len(q.GetPartitions()) {
 				continue
@@ -433,7 +444,7 @@ func (s *queueServer) Redrive(ctx context.Context, req *qv1.RedriveRequest) (*qv
 	err = eachPartition(ctx, batches, func(ctx context.Context, p uint32, r *fsmv1.Redrive) error {
 		cmd := &fsmv1.Command{Op: &fsmv1.Command_Redrive{Redrive: r}}
 		if err := fsm.ValidateCommand(withVersion(cmd)); err != nil {
-			return status.Error(codes.InvalidArgument, err.Error())
+			return status.Error(codes.InvalidArgument, invalidMessage(err))
 		}
 		res, err := s.n.propose(ctx, q, p, cmd)
 		if err != nil {
@@ -576,7 +587,7 @@ func toStatus(err error) error {
 	case errors.As(err, &nle), errors.Is(err, errNoLeader), errors.Is(err, ErrShuttingDown):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, fsm.ErrInvalid):
-		return status.Error(codes.InvalidArgument, err.Error())
+		return status.Error(codes.InvalidArgument, invalidMessage(err))
 	case errors.Is(err, ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
@@ -585,4 +596,10 @@ func toStatus(err error) error {
 		return status.Error(codes.Canceled, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
+}
+
+// invalidMessage is an invalid-input error's text without the "invalid: "
+// of fsm.ErrInvalid, which the INVALID_ARGUMENT code already says.
+func invalidMessage(err error) string {
+	return strings.TrimPrefix(err.Error(), fsm.ErrInvalid.Error()+": ")
 }

@@ -106,17 +106,20 @@ func (p *Partition) receive(r *fsmv1.Receive, res *Result) {
 	}
 	want := int(r.GetMax())
 	res.Delivered = make([]Delivery, 0, min(uint64(want), p.nReady))
+	var size uint64
 	for len(res.Delivered) < want {
-		m := p.popReady()
-		if m == nil {
+		if next := p.peekReady(); next == nil ||
+			r.GetMaxBytes() > 0 && len(res.Delivered) > 0 && size+uint64(next.size) > r.GetMaxBytes() {
 			break
 		}
+		m := p.popReady()
 		// max_deliveries may have been lowered since m was released.
 		if p.maxedOut(m) {
 			p.deadLetter(m, ReasonMaxDeliveries)
 			res.DeadLettered++
 			continue
 		}
+		size += uint64(m.size)
 		m.state = stateLeased
 		m.deliveries++
 		m.epoch++

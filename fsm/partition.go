@@ -212,21 +212,28 @@ func (p *Partition) makeReady(m *message) {
 	}
 }
 
+// peekReady returns the ready message with the lowest sequence, or nil.
+func (p *Partition) peekReady() *message {
+	f, _ := p.ready.front()
+	if r := p.returned.min(); r != nil && (f == nil || r.seq < f.seq) {
+		return r
+	}
+	return f
+}
+
 // popReady removes and returns the ready message with the lowest sequence.
 func (p *Partition) popReady() *message {
-	f, _ := p.ready.front()
-	r := p.returned.min()
-	switch {
-	case f == nil && r == nil:
+	m := p.peekReady()
+	if m == nil {
 		return nil
-	case r == nil || (f != nil && f.seq < r.seq):
+	}
+	if m.hidx >= 0 {
+		p.returned.remove(m)
+	} else {
 		p.ready.popFront()
-	default:
-		p.returned.remove(r)
-		f = r
 	}
 	p.nReady--
-	return f
+	return m
 }
 
 // unlease takes a leased message out of the lease index; it is then in no state.

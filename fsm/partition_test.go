@@ -574,3 +574,12 @@ func TestStampBounds(t *testing.T) {
 		}
 	}
 }
+
+func TestReceiveMaxBytes(t *testing.T) {
+	h := newTP(t, nil)
+	h.ok(1, enq(msg("aaaa"), msg("bbbb"), msg("cccc")))
+	r := h.ok(2, &fsmv1.Command_Receive{Receive: &fsmv1.Receive{Max: 10, MaxBytes: 9}})
+	eqSeqs(t, "within 9 bytes", seqs(r.Delivered), []uint64{1, 2})
+	r = h.ok(3, &fsmv1.Command_Receive{Receive: &fsmv1.Receive{Max: 10, MaxBytes: 1}})
+	eqSeqs(t, "the first message always", seqs(r.Delivered), []uint64{3})
+}

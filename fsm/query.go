@@ -43,11 +43,7 @@ func (p *Partition) Stats() Stats {
 	}
 	// Ready order is sequence order and enqueue stamps never decrease with
 	// the sequence, so the lowest ready sequence is the oldest.
-	f, _ := p.ready.front()
-	if r := p.returned.min(); r != nil && (f == nil || r.seq < f.seq) {
-		f = r
-	}
-	if f != nil {
+	if f := p.peekReady(); f != nil {
 		s.OldestReadyAt = f.enqueuedAt
 	}
 	return s

@@ -3,9 +3,11 @@ package transport
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log"
 	"log/slog"
+	"net"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
@@ -63,6 +65,14 @@ func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 	ctx := context.Background()
 	if !a.log.Enabled(ctx, sl) {
 		return
+	}
+	if sl >= slog.LevelWarn && closedConnErr(args) {
+		// raft-net reports every connection closed under it, which is what
+		// shutting a group or node down does.
+		sl = slog.LevelDebug
+		if !a.log.Enabled(ctx, sl) {
+			return
+		}
 	}
 	if a.name != "" {
 		args = append([]any{"logger", a.name}, args...)
@@ -160,4 +170,15 @@ func (w *stdWriter) Write(p []byte) (int, error) {
 	}
 	w.a.Log(level, msg)
 	return len(p), nil
+}
+
+// closedConnErr reports whether a log record's arguments carry the error of
+// a use of a closed connection.
+func closedConnErr(args []any) bool {
+	for _, a := range args {
+		if err, ok := a.(error); ok && errors.Is(err, net.ErrClosed) {
+			return true
+		}
+	}
+	return false
 }

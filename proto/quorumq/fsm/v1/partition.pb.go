@@ -648,8 +648,12 @@ type Receive struct {
 	Max      uint32                 `protobuf:"varint,2,opt,name=max,proto3" json:"max,omitempty"`
 	// visibility timeout for these leases; 0 = the queue's default.
 	VisibilityTimeout int64 `protobuf:"varint,3,opt,name=visibility_timeout,json=visibilityTimeout,proto3" json:"visibility_timeout,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// max_bytes: stop before the delivered messages (payloads, keys,
+	// headers) would pass this size; the first message is always delivered.
+	// 0 = no bound.
+	MaxBytes      uint64 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Receive) Reset() {
@@ -699,6 +703,13 @@ func (x *Receive) GetMax() uint32 {
 func (x *Receive) GetVisibilityTimeout() int64 {
 	if x != nil {
 		return x.VisibilityTimeout
+	}
+	return 0
+}
+
+func (x *Receive) GetMaxBytes() uint64 {
+	if x != nil {
+		return x.MaxBytes
 	}
 	return 0
 }
@@ -1687,11 +1698,12 @@ const file_quorumq_fsm_v1_partition_proto_rawDesc = "" +
 	"\x05delay\x18\x04 \x01(\x03R\x05delay\x12\x19\n" +
 	"\bdedup_id\x18\x05 \x01(\tR\adedupId\"A\n" +
 	"\aEnqueue\x126\n" +
-	"\bmessages\x18\x01 \x03(\v2\x1a.quorumq.fsm.v1.NewMessageR\bmessages\"f\n" +
+	"\bmessages\x18\x01 \x03(\v2\x1a.quorumq.fsm.v1.NewMessageR\bmessages\"\x83\x01\n" +
 	"\aReceive\x12\x1a\n" +
 	"\bconsumer\x18\x01 \x01(\tR\bconsumer\x12\x10\n" +
 	"\x03max\x18\x02 \x01(\rR\x03max\x12-\n" +
-	"\x12visibility_timeout\x18\x03 \x01(\x03R\x11visibilityTimeout\"2\n" +
+	"\x12visibility_timeout\x18\x03 \x01(\x03R\x11visibilityTimeout\x12\x1b\n" +
+	"\tmax_bytes\x18\x04 \x01(\x04R\bmaxBytes\"2\n" +
 	"\bLeaseRef\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\rR\x05epoch\"7\n" +

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/quorumq/quorumq/cluster"
+)
+
+// stopTimeout bounds a graceful stop after SIGINT or SIGTERM.
+const stopTimeout = 30 * time.Second
+
+// serverKeys are the server's settings: flags, QUORUMQ_* variables and keys
+// of the config file alike.
+var serverKeys = []string{
+	"node-id", "data-dir", "client-addr", "peer-addr", "gossip-addr", "http-addr",
+	"advertise-host", "join", "bootstrap-expect", "zone",
+}
+
+// serverFlags holds the server command's flags.
+type serverFlags struct {
+	config          string
+	nodeID          string
+	dataDir         string
+	clientAddr      string
+	peerAddr        string
+	gossipAddr      string
+	httpAddr        string
+	advertiseHost   string
+	join            []string
+	bootstrapExpect int
+	zone            string
+}
+
+func (s *serverFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&s.config, "config", "", "YAML file whose keys are these flags' names (data-dir: /var/lib/quorumq)")
+	fs.StringVar(&s.nodeID, "node-id", "", "this node's id for ever (default: the id kept in the data directory, else the hostname)")
+	fs.StringVar(&s.dataDir, "data-dir", "", "data directory (required)")
+	fs.StringVar(&s.clientAddr, "client-addr", "0.0.0.0:7420", "listen address of the client gRPC API")
+	fs.StringVar(&s.peerAddr, "peer-addr", ":7421", "listen address of peer traffic (Raft, forwarding)")
+	fs.StringVar(&s.gossipAddr, "gossip-addr", ":7422", "listen address of gossip (TCP and UDP)")
+	fs.StringVar(&s.httpAddr, "http-addr", ":7423", `listen address of HTTP (/metrics, /healthz, /readyz); "-" = off`)
+	fs.StringVar(&s.advertiseHost, "advertise-host", "", "host told to peers and clients (default: the listen host, else this host's IP)")
+	fs.StringSliceVar(&s.join, "join", nil, "gossip addresses or DNS names of nodes to join, comma-separated")
+	fs.IntVar(&s.bootstrapExpect, "bootstrap-expect", 0, "form a new cluster once this many fresh nodes see each other (0 = only join)")
+	fs.StringVar(&s.zone, "zone", "", "failure zone (rack, availability zone) for replica placement")
+}
+
+// load completes the flags that the command line left alone from the
+// environment, then from the config file (--config or QUORUMQ_CONFIG). The
+// file may also set log-level, if fs has it.
+func (s *serverFlags) load(fs *pflag.FlagSet, getenv func(string) string) error {
+	if !fs.Changed("config") {
+		if v := getenv(envName("config")); v != "" {
+			s.config = v
+		}
+	}
+	names := serverKeys
+	if fs.Lookup("log-level") != nil {
+		names = append(slices.Clone(names), "log-level")
+	}
+	var file *configFile
+	if s.config != "" {
+		var err error
+		if file, err = readConfigFile(s.config, names); err != nil {
+			return err
+		}
+	}
+	return applyConfig(fs, names, getenv, file)
+}
+
+// clusterConfig maps the flags onto a cluster.Config.
+func (s *serverFlags) clusterConfig() (cluster.Config, error) {
+	if s.dataDir == "" {
+		return cluster.Config{}, errors.New("--data-dir is required (or QUORUMQ_DATA_DIR, or data-dir in the --config file)")
+	}
+	var join []string
+	for _, j := range s.join {
+		if j = strings.TrimSpace(j); j != "" {
+			join = append(join, j)
+		}
+	}
+	return cluster.Config{
+		NodeID:          s.nodeID,
+		DataDir:         s.dataDir,
+		ClientAddr:      s.clientAddr,
+		PeerAddr:        s.peerAddr,
+		GossipAddr:      s.gossipAddr,
+		HTTPAddr:        s.httpAddr,
+		AdvertiseHost:   s.advertiseHost,
+		Join:            join,
+		BootstrapExpect: s.bootstrapExpect,
+		Zone:            s.zone,
+	}, nil
+}
+
+func (a *app) serverCmd() *cobra.Command {
+	sf := &serverFlags{}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run a quorumq node",
+		Long: `Run a quorumq node until SIGINT or SIGTERM, then leave gracefully: hand over
+what it leads, leave gossip, finish in-flight requests (at most 30 s).
+
+Settings come from flags, then QUORUMQ_<NAME> environment variables, then the
+YAML file named by --config (keys are the flag names), then the defaults.`,
+		Example: `  # The first of three nodes; the others join it:
+  quorumq server --data-dir /var/lib/quorumq --node-id q1 --bootstrap-expect 3
+  quorumq server --data-dir /var/lib/quorumq --node-id q2 --bootstrap-expect 3 --join q1:7422
+
+  # The same from the environment (as in a container):
+  QUORUMQ_DATA_DIR=/data QUORUMQ_BOOTSTRAP_EXPECT=3 QUORUMQ_JOIN=quorumq-headless quorumq server
+
+  # From a file:
+  #   data-dir: /var/lib/quorumq
+  #   join: [q1:7422, q2:7422]
+  quorumq server --config /etc/quorumq.yaml`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := sf.load(cmd.Flags(), a.getenv); err != nil {
+				return &usageError{cmd: cmd, err: err}
+			}
+			if err := a.setupLogging(); err != nil {
+				return &usageError{cmd: cmd, err: err}
+			}
+			cfg, err := sf.clusterConfig()
+			if err != nil {
+				return &usageError{cmd: cmd, err: err}
+			}
+			return a.serve(cmd.Context(), cfg)
+		},
+	}
+	sf.register(cmd.Flags())
+	return cmd
+}
+
+// serve runs one node until a signal, then stops it gracefully.
+func (a *app) serve(ctx context.Context, cfg cluster.Config) error {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cfg.Logger = slog.Default()
+	node, err := cluster.Start(cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stdout, "quorumq %s: node %s serving: client %s, peer %s, gossip %s, http %s\n",
+		cluster.Version, node.ID(), node.ClientAddr(), node.PeerAddr(), node.GossipAddr(), orOff(node.HTTPAddr()))
+	<-ctx.Done()
+	stop() // a second signal ends the process at once
+	slog.Info("stopping", "timeout", stopTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+	defer cancel()
+	if err := node.Stop(sctx); err != nil {
+		return fmt.Errorf("stop: %w", err)
+	}
+	slog.Info("stopped")
+	return nil
+}
+
+func orOff(addr string) string {
+	if addr == "" {
+		return "off"
+	}
+	return addr
+}
