@@ -201,16 +201,7 @@ func (n *Node) replicaLoop() {
 func (n *Node) Stop(ctx context.Context) error {
 	n.stopOnce.Do(func() {
 		n.health.Shutdown()
-		for _, r := range n.replicas.all() {
-			if r.isLeader() {
-				if err := r.g.raft.LeadershipTransfer().Error(); err != nil {
-					n.log.Debug("leadership transfer", "group", r.g.name.String(), "err", err)
-				}
-			}
-		}
-		if n.ctrl.g.raft.State() == raft.Leader {
-			_ = n.ctrl.g.raft.LeadershipTransfer().Error()
-		}
+		n.handOver(ctx)
 		// Leave waits for its broadcast to go out, which may never happen
 		// when every other member is stopping too: bound it.
 		if err := n.gossip.leave(min(time.Until(deadlineOr(ctx, leaveTimeout)), leaveTimeout)); err != nil {
@@ -275,6 +266,50 @@ func (n *Node) close() error {
 		errs = append(errs, n.dir.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// handOver transfers the leadership of every group this node leads, many
+// at a time, within half of what is left of ctx (at most 10 s): raft ends a
+// transfer that cannot finish after an election timeout, and a group whose
+// transfer fails elects a leader by itself once this node is gone.
+func (n *Node) handOver(ctx context.Context) {
+	budget := min(time.Until(deadlineOr(ctx, 20*time.Second))/2, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	var groups []*group
+	for _, r := range n.replicas.all() {
+		if r.isLeader() {
+			groups = append(groups, r.g)
+		}
+	}
+	if n.ctrl.g.raft.State() == raft.Leader {
+		groups = append(groups, n.ctrl.g)
+	}
+	sem := make(chan struct{}, 64)
+	done := make(chan struct{}, len(groups))
+	for _, g := range groups {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			defer func() { <-sem }()
+			if err := g.raft.LeadershipTransfer().Error(); err != nil {
+				n.log.Debug("leadership transfer", "group", g.name.String(), "err", err)
+			}
+		}()
+	}
+	for range groups {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			// The transfers still running end with raft's own timeout;
+			// close waits for nothing of theirs but raft's shutdown.
+			return
+		}
+	}
 }
 
 // leaveTimeout bounds the gossip leave of a graceful stop.
