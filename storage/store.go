@@ -71,7 +71,7 @@ type GroupStore struct {
 
 	name GroupName
 	path string
-	bolt *raftboltdb.BoltStore
+	bolt *raftboltdb.BoltStore // nil when the group lives in a SharedLog
 	dir  *Dir
 
 	closeOnce sync.Once
@@ -102,7 +102,9 @@ func (g *GroupStore) HasState() (bool, error) {
 // shut down first. Calling Close again returns the first result.
 func (g *GroupStore) Close() error {
 	g.closeOnce.Do(func() {
-		g.closeErr = g.bolt.Close()
+		if g.bolt != nil {
+			g.closeErr = g.bolt.Close()
+		}
 		g.dir.mu.Lock()
 		delete(g.dir.groups, g.name)
 		g.dir.mu.Unlock()
@@ -119,9 +121,16 @@ func (g *GroupStore) Close() error {
 // ErrGroupMismatch if the directory holds another incarnation of the queue
 // (same name, different queue id): the caller removes it with RemoveGroup
 // and opens again.
-func (d *Dir) OpenGroup(name GroupName, log *slog.Logger) (*GroupStore, error) {
+//
+// WithSharedLog keeps a partition group's log and stable store in the
+// node's shared log instead of <group>/raft.db.
+func (d *Dir) OpenGroup(name GroupName, log *slog.Logger, opts ...GroupOption) (*GroupStore, error) {
 	if err := name.Validate(); err != nil {
 		return nil, err
+	}
+	o := newGroupOptions(opts)
+	if o.shared != nil && name.IsController() {
+		return nil, fmt.Errorf("%w: the controller keeps its own %s, not the shared log", ErrInvalidGroup, boltFile)
 	}
 	if log == nil {
 		log = slog.Default()
@@ -140,6 +149,7 @@ func (d *Dir) OpenGroup(name GroupName, log *slog.Logger) (*GroupStore, error) {
 		d.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s", ErrGroupOpen, name)
 	}
+	freshDir := !hasMarker(gdir)
 	err := prepareGroupDir(gdir, name)
 	if err == nil {
 		d.groups[name] = struct{}{}
@@ -149,7 +159,12 @@ func (d *Dir) OpenGroup(name GroupName, log *slog.Logger) (*GroupStore, error) {
 		return nil, err
 	}
 
-	g, err := openStores(gdir, name, log)
+	var g *GroupStore
+	if o.shared != nil {
+		g, err = openSharedStores(gdir, name, o.shared, freshDir, log)
+	} else {
+		g, err = openStores(gdir, name, log)
+	}
 	if err != nil {
 		d.mu.Lock()
 		delete(d.groups, name)
@@ -223,10 +238,14 @@ func openStores(gdir string, name GroupName, log *slog.Logger) (*GroupStore, err
 // durable, then deleted: a crash midway leaves either the whole group or
 // nothing at its path, never a half-deleted group that looks valid. Open
 // empties the trash.
-func (d *Dir) RemoveGroup(name GroupName) error {
+//
+// With WithSharedLog, the group's state in the shared log (and that of the
+// incarnation found at its path) is dropped once the directory is gone.
+func (d *Dir) RemoveGroup(name GroupName, opts ...GroupOption) error {
 	if err := name.Validate(); err != nil {
 		return err
 	}
+	o := newGroupOptions(opts)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.lock == nil {
@@ -237,8 +256,12 @@ func (d *Dir) RemoveGroup(name GroupName) error {
 	}
 	gdir := filepath.Join(d.path, name.Path())
 	if _, err := os.Lstat(gdir); errors.Is(err, os.ErrNotExist) {
+		if o.shared != nil {
+			return dropSharedAfterRemove(o.shared, name, GroupName{})
+		}
 		return nil
 	}
+	old, _ := readMarker(gdir) // the incarnation at the path, if any
 	trash := filepath.Join(d.path, trashDir)
 	if _, err := mkdirAllSync(trash); err != nil {
 		return fmt.Errorf("storage: remove group %s: %w", name, err)
@@ -265,6 +288,9 @@ func (d *Dir) RemoveGroup(name GroupName) error {
 		if os.Remove(qdir) == nil {
 			_ = syncDir(filepath.Dir(qdir))
 		}
+	}
+	if o.shared != nil {
+		return dropSharedAfterRemove(o.shared, name, old)
 	}
 	return nil
 }
