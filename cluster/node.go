@@ -31,6 +31,9 @@ type Node struct {
 	log *slog.Logger
 	id  string
 	dir *storage.Dir
+	// shared holds the Raft log and stable store of every partition group
+	// of this node, so that one fsync commits the appends of many groups.
+	shared *storage.SharedLog
 
 	peerLn, clientLn, httpLn net.Listener
 	mux                      *transport.Mux
@@ -84,6 +87,14 @@ func Start(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	n.log = cfg.Logger.With("node", n.id)
+	if n.shared, err = n.dir.OpenSharedLog(n.log); err != nil {
+		return nil, err
+	}
+	if dropped, err := n.dir.PruneSharedLog(n.shared); err != nil {
+		return nil, err
+	} else if len(dropped) > 0 {
+		n.log.Info("dropped log state of removed groups", "groups", len(dropped))
+	}
 
 	if n.peerLn, err = net.Listen("tcp", cfg.PeerAddr); err != nil {
 		return nil, fmt.Errorf("peer listener: %w", err)
@@ -243,6 +254,9 @@ func (n *Node) close() error {
 	}
 	if n.ctrl != nil {
 		errs = append(errs, n.ctrl.g.close())
+	}
+	if n.shared != nil {
+		errs = append(errs, n.shared.Close())
 	}
 	if n.gossip != nil {
 		errs = append(errs, n.gossip.shutdown())

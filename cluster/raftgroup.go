@@ -42,9 +42,12 @@ func raftConfig(id raft.ServerID, c *Config, log *slog.Logger) *raft.Config {
 	rc.ElectionTimeout = c.ElectionTimeout
 	rc.LeaderLeaseTimeout = c.HeartbeatTimeout / 2
 	rc.CommitTimeout = 20 * time.Millisecond
-	// Batch concurrent proposals: the leader takes up to MaxAppendEntries
-	// waiting Applies in one log append, one fsync.
-	rc.BatchApplyCh = true
+	// The leader takes every Apply waiting on its channel, up to
+	// MaxAppendEntries, into one log append: one fsync. BatchApplyCh stays
+	// off: with it an Apply sitting in the buffered channel when raft shuts
+	// down is never answered (its future has no shutdown channel), and the
+	// proposer would wait for ever.
+	rc.BatchApplyCh = false
 	rc.MaxAppendEntries = 256
 	// Snapshot every 16k entries but keep 32k entries after it, so that a
 	// follower lagging by less than that catches up from the log instead of
@@ -64,7 +67,11 @@ var serverIDKey = []byte("quorumq/server-id")
 // id is this member's server id; "" means the one recorded in the group.
 func openGroup(n *Node, name storage.GroupName, id raft.ServerID, mk func(*group) raft.FSM, log *slog.Logger) (*group, error) {
 	g := &group{name: name, applied: make(chan struct{}), leaderCh: make(chan bool, 8)}
-	store, err := n.dir.OpenGroup(name, log)
+	var opts []storage.GroupOption
+	if !name.IsController() {
+		opts = append(opts, storage.WithSharedLog(n.shared))
+	}
+	store, err := n.dir.OpenGroup(name, log, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}

@@ -315,7 +315,7 @@ func (s *replicaSet) remove(r *replica) {
 	if err := r.stop(); err != nil {
 		r.log.Warn("stop replica", "err", err)
 	}
-	if err := s.n.dir.RemoveGroup(r.g.name); err != nil {
+	if err := s.n.dir.RemoveGroup(r.g.name, storage.WithSharedLog(s.n.shared)); err != nil {
 		r.log.Warn("remove replica data", "err", err)
 	}
 	r.log.Info("replica removed")
