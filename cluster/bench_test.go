@@ -72,6 +72,19 @@ func benchEnqueue(b *testing.B, size, producers, batch int) {
 		b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
 	}
 	b.ReportMetric(float64(len(all)*batch)/b.Elapsed().Seconds(), "msgs/s")
+	var applies, applyNanos uint64
+	for _, n := range c.nodes {
+		applies += n.metrics.applyCount.Load()
+		applyNanos += n.metrics.applyNanos.Load()
+	}
+	if applies > 0 {
+		b.ReportMetric(float64(applyNanos)/float64(applies)/1e6, "ms/apply")
+	}
+	ls := c.nodes[0].shared.Stats()
+	if ls.Commits > 0 {
+		b.ReportMetric(float64(ls.Busy.Milliseconds())/float64(ls.Commits), "ms/commit")
+		b.ReportMetric(float64(ls.Requests)/float64(ls.Commits), "appends/commit")
+	}
 }
 
 // BenchmarkClusterConsumeAck measures receive+ack of prefilled messages on

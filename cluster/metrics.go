@@ -88,6 +88,11 @@ func (n *Node) writeMetrics(w io.Writer) {
 	fmt.Fprintf(w, "# TYPE quorumq_apply_seconds summary\nquorumq_apply_seconds_sum %g\nquorumq_apply_seconds_count %d\n",
 		float64(m.applyNanos.Load())/1e9, m.applyCount.Load())
 
+	ls := n.shared.Stats()
+	fmt.Fprintf(w, "# TYPE quorumq_log_commits_total counter\nquorumq_log_commits_total %d\n", ls.Commits)
+	fmt.Fprintf(w, "# TYPE quorumq_log_commit_requests_total counter\nquorumq_log_commit_requests_total %d\n", ls.Requests)
+	fmt.Fprintf(w, "# TYPE quorumq_log_commit_seconds_total counter\nquorumq_log_commit_seconds_total %g\n", ls.Busy.Seconds())
+
 	reps := n.replicas.all()
 	slices.SortFunc(reps, func(a, b *replica) int {
 		if a.queue != b.queue {

@@ -88,8 +88,9 @@ type SharedLog struct {
 	closeErr  error
 
 	// Counters, for tests and benchmarks.
-	commits  atomic.Uint64 // successful bolt commits by the committer
-	requests atomic.Uint64 // requests those commits carried
+	commits     atomic.Uint64 // successful bolt commits by the committer
+	requests    atomic.Uint64 // requests those commits carried
+	commitNanos atomic.Uint64 // time those commits took
 
 	// holdCommits, if set, is received from before each batch is taken: a
 	// test sends one value per batch it lets through, or closes it.
@@ -443,6 +444,7 @@ func (s *SharedLog) commit(batch []*sharedReq) {
 		}
 		s.commits.Add(1)
 		s.requests.Add(uint64(len(batch)))
+		s.commitNanos.Add(uint64(time.Since(start)))
 		// Publish the new indexes before answering, so that a caller whose
 		// StoreLogs returned sees its entries in LastIndex.
 		for g, ix := range touched {
@@ -583,4 +585,16 @@ func stableBucket(tx *bbolt.Tx, group []byte) *bbolt.Bucket {
 		return gb.Bucket(bucketStable)
 	}
 	return nil
+}
+
+// SharedLogStats counts the committer's work since the log was opened.
+type SharedLogStats struct {
+	Commits  uint64        // durable commits
+	Requests uint64        // StoreLogs/DeleteRange/Set calls they carried
+	Busy     time.Duration // time spent committing
+}
+
+// Stats returns the committer's counters.
+func (s *SharedLog) Stats() SharedLogStats {
+	return SharedLogStats{Commits: s.commits.Load(), Requests: s.requests.Load(), Busy: time.Duration(s.commitNanos.Load())}
 }
