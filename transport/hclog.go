@@ -66,6 +66,14 @@ func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 	if !a.log.Enabled(ctx, sl) {
 		return
 	}
+	if sl == slog.LevelWarn && routineWarnings[msg] {
+		// Raft warns about what every election and every new follower
+		// goes through; they are news, not trouble.
+		sl = slog.LevelInfo
+		if !a.log.Enabled(ctx, sl) {
+			return
+		}
+	}
 	if sl >= slog.LevelWarn && closedConnErr(args) {
 		// raft-net reports every connection closed under it, which is what
 		// shutting a group or node down does.
@@ -181,4 +189,14 @@ func closedConnErr(args []any) bool {
 		}
 	}
 	return false
+}
+
+// routineWarnings are raft warnings that describe normal operation: a
+// follower starting an election, a new follower being caught up.
+var routineWarnings = map[string]bool{
+	"heartbeat timeout reached, starting election":  true,
+	"no known peers, aborting election":             true,
+	"failed to get previous log":                    true,
+	"appendEntries rejected, sending older logs":    true,
+	"Election timeout reached, restarting election": true,
 }
