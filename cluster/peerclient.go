@@ -92,19 +92,22 @@ func (p *peerClient) propose(ctx context.Context, node string, g *peerv1.Group, 
 	return resultFromPeer(resp.GetResult()), nil
 }
 
-func (p *peerClient) waitReady(ctx context.Context, node string, g *peerv1.Group, timeoutMs int64) (bool, error) {
+func (p *peerClient) waitReady(ctx context.Context, node string, g *peerv1.Group, timeoutMs int64) (uint64, error) {
 	c, err := p.client(node)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	resp, err := c.WaitReady(ctx, &peerv1.WaitReadyRequest{Group: g, TimeoutMs: timeoutMs})
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	if err := notLeader(groupString(g), resp.GetNotLeader()); err != nil {
-		return false, err
+		return 0, err
 	}
-	return resp.GetReady(), nil
+	if resp.GetReady() && resp.GetReadyCount() == 0 {
+		return 1, nil // an older node that does not count
+	}
+	return resp.GetReadyCount(), nil
 }
 
 func (p *peerClient) read(ctx context.Context, node string, req *peerv1.ReadRequest) (*peerv1.ReadResponse, error) {

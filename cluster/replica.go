@@ -153,8 +153,9 @@ func (r *replica) propose(ctx context.Context, cmd *fsmv1.Command) (*fsm.Result,
 	return f.Response().(*fsm.Result), nil
 }
 
-// waitReady returns once the partition has a ready message or timeout passes.
-func (r *replica) waitReady(ctx context.Context, timeout time.Duration) bool {
+// waitReady returns how many messages are ready, once there is one or
+// timeout has passed.
+func (r *replica) waitReady(ctx context.Context, timeout time.Duration) uint64 {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	for {
@@ -162,13 +163,13 @@ func (r *replica) waitReady(ctx context.Context, timeout time.Duration) bool {
 		var ready uint64
 		r.fsm.Read(func(p *fsm.Partition) { ready = p.Stats().Ready })
 		if ready > 0 {
-			return true
+			return ready
 		}
 		select {
 		case <-ctx.Done():
-			return false
+			return 0
 		case <-t.C:
-			return false
+			return 0
 		case <-applied:
 		}
 	}

@@ -130,11 +130,12 @@ func (n *Node) readPartition(ctx context.Context, q *fsmv1.QueueInfo, p uint32, 
 		})
 }
 
-// waitReady waits up to timeout for partition p of q to have a ready message.
-func (n *Node) waitReady(ctx context.Context, q *fsmv1.QueueInfo, p uint32, timeout time.Duration) (bool, error) {
+// waitReady waits up to timeout for partition p of q to have a ready
+// message, and says how many are ready.
+func (n *Node) waitReady(ctx context.Context, q *fsmv1.QueueInfo, p uint32, timeout time.Duration) (uint64, error) {
 	return onLeader(ctx, n, q, p,
-		func(ctx context.Context, r *replica) (bool, error) { return r.waitReady(ctx, timeout), nil },
-		func(ctx context.Context, node string) (bool, error) {
+		func(ctx context.Context, r *replica) (uint64, error) { return r.waitReady(ctx, timeout), nil },
+		func(ctx context.Context, node string) (uint64, error) {
 			return n.peers.waitReady(ctx, node, groupOf(q, p), timeout.Milliseconds())
 		})
 }

@@ -57,7 +57,8 @@ func (s *peerServer) WaitReady(ctx context.Context, req *peerv1.WaitReadyRequest
 		return &peerv1.WaitReadyResponse{NotLeader: nl}, nil
 	}
 	timeout := min(time.Duration(req.GetTimeoutMs())*time.Millisecond, maxWait)
-	return &peerv1.WaitReadyResponse{Ready: r.waitReady(ctx, timeout)}, nil
+	n := r.waitReady(ctx, timeout)
+	return &peerv1.WaitReadyResponse{Ready: n > 0, ReadyCount: n}, nil
 }
 
 func (s *peerServer) Read(ctx context.Context, req *peerv1.ReadRequest) (*peerv1.ReadResponse, error) {

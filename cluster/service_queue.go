@@ -213,41 +213,105 @@ func (s *queueServer) Receive(ctx context.Context, req *qv1.ReceiveRequest) (*qv
 	deadline := time.Now().Add(wait)
 	parts := uint32(len(q.GetPartitions()))
 	start := uint32(s.rr.Add(1) % uint64(parts))
-	var out []*qv1.ReceivedMessage
-	var outBytes uint64
 	for {
-		// One pass over the partitions, from a rotating start so that no
-		// partition is always served first; only ready ones get a Receive.
-		for i := uint32(0); i < parts && uint32(len(out)) < max; i++ {
-			p := (start + i) % parts
-			ready, err := s.n.waitReady(ctx, q, p, 0)
-			if err != nil || !ready {
-				continue
+		// Only partitions with a ready message get a Receive (a Raft
+		// write); they are asked at once, so a response waits for one
+		// commit, not one per partition. The rotating start keeps any
+		// partition from always being served first.
+		if ready := s.n.readyPartitions(ctx, q, start); len(ready) > 0 {
+			out, err := s.n.receiveFrom(ctx, q, ready, max, cmd.GetReceive())
+			if len(out) > 0 {
+				return &qv1.ReceiveResponse{Messages: out}, nil
 			}
-			if len(out) > 0 && outBytes >= maxReceiveBytes {
-				break
-			}
-			cmd.GetReceive().Max = max - uint32(len(out))
-			cmd.GetReceive().MaxBytes = maxReceiveBytes - min(outBytes, maxReceiveBytes-1)
-			res, err := s.n.propose(ctx, q, p, cmd)
 			if err != nil {
-				if len(out) > 0 {
-					break
-				}
 				return nil, toStatus(err)
 			}
-			for _, d := range res.Delivered {
-				out = append(out, receivedMessage(q, p, d))
-				outBytes += uint64(len(d.Payload) + len(d.Key))
-			}
 		}
-		if len(out) > 0 || !time.Now().Before(deadline) {
-			return &qv1.ReceiveResponse{Messages: out}, nil
+		if !time.Now().Before(deadline) {
+			return &qv1.ReceiveResponse{}, nil
 		}
 		if err := s.n.waitAnyReady(ctx, q, time.Until(deadline)); err != nil {
 			return nil, toStatus(err)
 		}
 	}
+}
+
+// readyCount is a partition and how many ready messages it had.
+type readyCount struct {
+	p     uint32
+	ready uint64
+}
+
+// readyPartitions asks every partition of q, concurrently, how many ready
+// messages it has, and returns those with some, in order from start.
+func (n *Node) readyPartitions(ctx context.Context, q *fsmv1.QueueInfo, start uint32) []readyCount {
+	parts := uint32(len(q.GetPartitions()))
+	ready := make([]uint64, parts)
+	var wg sync.WaitGroup
+	for p := range parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if c, err := n.waitReady(ctx, q, p, 0); err == nil {
+				ready[p] = c
+			}
+		}()
+	}
+	wg.Wait()
+	var out []readyCount
+	for i := range parts {
+		if p := (start + i) % parts; ready[p] > 0 {
+			out = append(out, readyCount{p, ready[p]})
+		}
+	}
+	return out
+}
+
+// receiveFrom leases up to max messages, taking from as few of the ready
+// partitions as their counts allow (in the given order; each Receive is a
+// Raft write), all at once, the response's byte budget split between them.
+// It returns what it got; the error is the first failure, if any.
+func (n *Node) receiveFrom(ctx context.Context, q *fsmv1.QueueInfo, ready []readyCount, max uint32, tmpl *fsmv1.Receive) ([]*qv1.ReceivedMessage, error) {
+	type share struct {
+		p   uint32
+		max uint32
+	}
+	var plan []share
+	for left := max; left > 0 && len(plan) < len(ready); {
+		r := ready[len(plan)]
+		take := uint32(min(uint64(left), r.ready))
+		plan = append(plan, share{r.p, take})
+		left -= take
+	}
+	k := len(plan)
+	got := make([][]*qv1.ReceivedMessage, k)
+	errs := make([]error, k)
+	var wg sync.WaitGroup
+	for i, sh := range plan {
+		p := sh.p
+		cmd := &fsmv1.Command{Op: &fsmv1.Command_Receive{Receive: &fsmv1.Receive{
+			Consumer: tmpl.GetConsumer(), Max: sh.max, VisibilityTimeout: tmpl.GetVisibilityTimeout(),
+			MaxBytes: maxReceiveBytes / uint64(k),
+		}}}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := n.propose(ctx, q, p, cmd)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			for _, d := range res.Delivered {
+				got[i] = append(got[i], receivedMessage(q, p, d))
+			}
+		}()
+	}
+	wg.Wait()
+	var out []*qv1.ReceivedMessage
+	for _, g := range got {
+		out = append(out, g...)
+	}
+	return out, errors.Join(errs...)
 }
 
 // waitAnyReady returns once any partition of q has a ready message, or after
@@ -261,7 +325,7 @@ func (n *Node) waitAnyReady(ctx context.Context, q *fsmv1.QueueInfo, timeout tim
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if ok, err := n.waitReady(ctx, q, p, timeout); ok && err == nil {
+			if ready, err := n.waitReady(ctx, q, p, timeout); ready > 0 && err == nil {
 				found <- struct{}{}
 			}
 		}()

@@ -560,9 +560,11 @@ func (x *WaitReadyRequest) GetTimeoutMs() int64 {
 }
 
 type WaitReadyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NotLeader     *NotLeader             `protobuf:"bytes,1,opt,name=not_leader,json=notLeader,proto3" json:"not_leader,omitempty"`
-	Ready         bool                   `protobuf:"varint,2,opt,name=ready,proto3" json:"ready,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	NotLeader *NotLeader             `protobuf:"bytes,1,opt,name=not_leader,json=notLeader,proto3" json:"not_leader,omitempty"`
+	Ready     bool                   `protobuf:"varint,2,opt,name=ready,proto3" json:"ready,omitempty"`
+	// ready_count: how many messages were ready when it answered.
+	ReadyCount    uint64 `protobuf:"varint,3,opt,name=ready_count,json=readyCount,proto3" json:"ready_count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -609,6 +611,13 @@ func (x *WaitReadyResponse) GetReady() bool {
 		return x.Ready
 	}
 	return false
+}
+
+func (x *WaitReadyResponse) GetReadyCount() uint64 {
+	if x != nil {
+		return x.ReadyCount
+	}
+	return 0
 }
 
 type Stats struct {
@@ -1362,11 +1371,13 @@ const file_quorumq_peer_v1_peer_proto_rawDesc = "" +
 	"\x10WaitReadyRequest\x12,\n" +
 	"\x05group\x18\x01 \x01(\v2\x16.quorumq.peer.v1.GroupR\x05group\x12\x1d\n" +
 	"\n" +
-	"timeout_ms\x18\x02 \x01(\x03R\ttimeoutMs\"d\n" +
+	"timeout_ms\x18\x02 \x01(\x03R\ttimeoutMs\"\x85\x01\n" +
 	"\x11WaitReadyResponse\x129\n" +
 	"\n" +
 	"not_leader\x18\x01 \x01(\v2\x1a.quorumq.peer.v1.NotLeaderR\tnotLeader\x12\x14\n" +
-	"\x05ready\x18\x02 \x01(\bR\x05ready\"\xeb\x02\n" +
+	"\x05ready\x18\x02 \x01(\bR\x05ready\x12\x1f\n" +
+	"\vready_count\x18\x03 \x01(\x04R\n" +
+	"readyCount\"\xeb\x02\n" +
 	"\x05Stats\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\x04R\x05ready\x12\x18\n" +
 	"\adelayed\x18\x02 \x01(\x04R\adelayed\x12\x16\n" +
