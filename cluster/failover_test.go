@@ -108,7 +108,11 @@ func TestKillPartitionLeaderUnderLoad(t *testing.T) {
 	mu.Lock()
 	killedAt = time.Now()
 	mu.Unlock()
+	dead := c.nodes[leader].ID()
 	c.kill(leader)
+	defer c.waitFor("the others to see the killed node as dead", 30*time.Second, func() bool {
+		return c.gossipState(via, dead) == "dead"
+	})
 	c.waitFor("a new leader of partition 0", 10*time.Second, func() bool { return c.leaderNode("jobs", 0) >= 0 })
 	c.waitFor("enqueues on partition 0 after the kill", 10*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return firstAfterKill > 0 })
 	c.waitFor("more load", 10*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) > 600 })
@@ -214,7 +218,11 @@ func TestGracefulLeaveTransfersLeadership(t *testing.T) {
 		t.Fatalf("graceful stop: %v", err)
 	}
 	t.Logf("graceful stop took %v", time.Since(start))
+	gone := c.nodes[leaving].ID()
 	c.nodes[leaving] = nil
+	c.waitFor("the others to see the node as left", 10*time.Second, func() bool {
+		return c.gossipState((leaving+1)%3, gone) == "left"
+	})
 	c.waitFor("every partition led by a running node", 10*time.Second, func() bool {
 		for p := range uint32(3) {
 			if c.leaderNode("g", p) < 0 {

@@ -153,3 +153,13 @@ func ctxT(t testing.TB, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// gossipState is how node i's gossip sees node id.
+func (c *testCluster) gossipState(i int, id string) string {
+	for _, m := range c.nodes[i].gossip.members() {
+		if m.ID == id {
+			return m.State
+		}
+	}
+	return ""
+}

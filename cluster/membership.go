@@ -29,6 +29,9 @@ type Meta struct {
 	// Fresh: the node has no cluster state yet and may take part in
 	// bootstrapping. A node that has ever been in a cluster never is again.
 	Fresh bool `json:"f,omitempty"`
+	// Leaving: the node is stopping gracefully; when it goes, it left
+	// rather than died.
+	Leaving bool `json:"l,omitempty"`
 }
 
 // Member is a node as this node's gossip sees it.
@@ -106,7 +109,13 @@ func (m *membership) join(ctx context.Context, addrs []string) error {
 	}
 	backoff := 200 * time.Millisecond
 	for {
-		n, err := m.ml.Join(addrs)
+		// Contacting our own address counts as a join for memberlist; a
+		// headless DNS name always lists this node too. Join the others.
+		others := m.others(addrs)
+		n, err := 0, error(nil)
+		if len(others) > 0 {
+			n, err = m.ml.Join(others)
+		}
 		if n > 0 {
 			m.log.Info("joined gossip", "contacted", n)
 			return nil
@@ -152,30 +161,26 @@ func (m *membership) members() []Member {
 
 // record copies what gossip says of n; memberlist holds its lock while it
 // calls the event delegate, so n may be read here and nowhere later.
-func (m *membership) record(n *memberlist.Node) {
+// memberlist v0.6.0 does not fill in n.State, so the state comes from the
+// event: alive on join and update; on leave, "left" if the node announced
+// it was leaving, else "dead".
+func (m *membership) record(n *memberlist.Node, gone bool) {
 	var meta Meta
 	if err := json.Unmarshal(n.Meta, &meta); err != nil || meta.ID == "" {
 		return
 	}
-	mem := Member{Meta: meta, Gossip: n.Address(), State: stateName(n.State)}
+	state := "alive"
+	if gone {
+		state = "dead"
+		if meta.Leaving {
+			state = "left"
+		}
+	}
+	mem := Member{Meta: meta, Gossip: n.Address(), State: state}
 	m.mu.Lock()
 	m.nodes[n.Name] = mem
 	m.mu.Unlock()
 	m.signal()
-}
-
-func stateName(s memberlist.NodeStateType) string {
-	switch s {
-	case memberlist.StateAlive:
-		return "alive"
-	case memberlist.StateSuspect:
-		return "suspect"
-	case memberlist.StateDead:
-		return "dead"
-	case memberlist.StateLeft:
-		return "left"
-	}
-	return "unknown"
 }
 
 func (m *membership) signal() {
@@ -185,8 +190,18 @@ func (m *membership) signal() {
 	}
 }
 
-func (m *membership) leave(timeout time.Duration) error { return m.ml.Leave(timeout) }
-func (m *membership) shutdown() error                   { return m.ml.Shutdown() }
+// leave announces that this node is leaving (so that others record it as
+// left, not dead), then leaves.
+func (m *membership) leave(timeout time.Duration) error {
+	m.mu.Lock()
+	m.self.Leaving = true
+	m.mu.Unlock()
+	if err := m.ml.UpdateNode(timeout / 2); err != nil {
+		m.log.Debug("gossip leaving update", "err", err)
+	}
+	return m.ml.Leave(timeout / 2)
+}
+func (m *membership) shutdown() error { return m.ml.Shutdown() }
 
 type gossipDelegate membership
 
@@ -206,9 +221,9 @@ func (d *gossipDelegate) MergeRemoteState(buf []byte, join bool)     {}
 
 type gossipEvents membership
 
-func (e *gossipEvents) NotifyJoin(n *memberlist.Node)   { (*membership)(e).record(n) }
-func (e *gossipEvents) NotifyLeave(n *memberlist.Node)  { (*membership)(e).record(n) }
-func (e *gossipEvents) NotifyUpdate(n *memberlist.Node) { (*membership)(e).record(n) }
+func (e *gossipEvents) NotifyJoin(n *memberlist.Node)   { (*membership)(e).record(n, false) }
+func (e *gossipEvents) NotifyLeave(n *memberlist.Node)  { (*membership)(e).record(n, true) }
+func (e *gossipEvents) NotifyUpdate(n *memberlist.Node) { (*membership)(e).record(n, false) }
 
 // slogWriter turns the lines of a standard logger (memberlist, raft's
 // hclog) into slog records: "[ERR]"/"[WARN]" keep their level, the rest go
@@ -228,4 +243,28 @@ func (w *slogWriter) Write(b []byte) (int, error) {
 	}
 	w.log.Log(context.Background(), level, line)
 	return len(b), nil
+}
+
+// others resolves addrs (host:port, a host may be a name with several
+// addresses) and leaves out this node's own gossip address.
+func (m *membership) others(addrs []string) []string {
+	self := m.Addr()
+	var out []string
+	for _, a := range addrs {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil {
+			out = append(out, a) // let memberlist report it
+			continue
+		}
+		ips, err := net.LookupIP(host)
+		if err != nil {
+			continue // not resolvable yet: retried
+		}
+		for _, ip := range ips {
+			if hp := net.JoinHostPort(ip.String(), port); hp != self {
+				out = append(out, hp)
+			}
+		}
+	}
+	return out
 }

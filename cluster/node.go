@@ -118,7 +118,11 @@ func Start(cfg Config) (n *Node, err error) {
 	if n.ctrl, err = openController(n); err != nil {
 		return nil, err
 	}
-	n.gossip, err = newMembership(cfg.GossipAddr, gossipAdvertise(&cfg), Meta{
+	gossipAddr, err := gossipAdvertise(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	n.gossip, err = newMembership(cfg.GossipAddr, gossipAddr, Meta{
 		ID: n.id, Client: n.clientAddr, Peer: n.peerAddr, HTTP: n.httpAddr, Zone: cfg.Zone,
 		Version: Version, Fresh: !n.ctrl.hasState(),
 	}, n.log)
@@ -158,15 +162,27 @@ func Start(cfg Config) (n *Node, err error) {
 	return n, nil
 }
 
-func gossipAdvertise(c *Config) string {
+// gossipAdvertise is the gossip address to advertise: memberlist needs an
+// IP, so an advertise host given as a name (a pod's DNS name, a compose
+// service) is resolved once here; peers and clients are still told the
+// name for the other ports.
+func gossipAdvertise(c *Config) (string, error) {
 	if c.AdvertiseHost == "" {
-		return ""
+		return "", nil
 	}
 	_, port, err := net.SplitHostPort(c.GossipAddr)
 	if err != nil || port == "0" {
-		return ""
+		return "", nil
 	}
-	return net.JoinHostPort(c.AdvertiseHost, port)
+	host := c.AdvertiseHost
+	if net.ParseIP(host) == nil {
+		ips, err := net.LookupIP(host)
+		if err != nil || len(ips) == 0 {
+			return "", fmt.Errorf("advertise host %q: %w", host, err)
+		}
+		host = ips[0].String()
+	}
+	return net.JoinHostPort(host, port), nil
 }
 
 func (n *Node) goRun(f func()) {
