@@ -7,7 +7,7 @@ GO        ?= go
 PKGS      := ./...
 FUZZTIME  ?= 3m
 
-.PHONY: all build test test-short lint proto proto-check fuzz bench clean
+.PHONY: all build test test-short lint proto proto-check fuzz bench clean image deploy-test chart-test
 
 all: build
 
@@ -15,9 +15,12 @@ build:
 	$(GO) build $(PKGS)
 	CGO_ENABLED=0 $(GO) build -o bin/quorumq ./cmd/quorumq
 
-## test: what CI runs (README): generated code fresh, lint, every test with -race.
+## test: what CI runs (README): generated code fresh, lint, every test with -race,
+## the Helm chart checks, and the Docker smoke test where a Docker daemon answers.
 test: proto-check lint
 	$(GO) test -race -count=1 $(PKGS)
+	$(MAKE) chart-test
+	@if docker info >/dev/null 2>&1; then $(MAKE) deploy-test; else echo "skip: deploy-test (no Docker daemon)"; fi
 
 ## test-short: the unit tests alone, no race detector.
 test-short:
@@ -55,3 +58,34 @@ bench:
 
 clean:
 	$(GO) clean -testcache
+
+# The container image (deploy/docker). VERSION is the release tag (vX.Y.Z)
+# on a tagged commit, else empty and the binary keeps its built-in version.
+IMAGE      ?= quorumq:dev
+IMAGE_ARCH ?= amd64
+VERSION    ?= $(shell git describe --tags --match 'v[0-9]*' --dirty 2>/dev/null | sed 's/^v//')
+REVISION   ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS    := -s -w $(if $(VERSION),-X github.com/quorumq/quorumq/cluster.Version=$(VERSION))
+
+## image: a static linux binary built here, put into a scratch image (IMAGE).
+image:
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
+	  -o bin/quorumq-linux-$(IMAGE_ARCH) ./cmd/quorumq
+	rm -rf bin/image && mkdir -p bin/image/data && cp bin/quorumq-linux-$(IMAGE_ARCH) bin/image/quorumq
+	@version='$(VERSION)'; \
+	  if [ -z "$$version" ]; then version=$$(bin/image/quorumq version -o table 2>/dev/null | awk '{print $$2}'); fi; \
+	  echo "docker build $(IMAGE) version=$$version revision=$(REVISION)"; \
+	  docker build -q -f deploy/docker/Dockerfile.local --build-arg VERSION="$$version" \
+	    --build-arg REVISION='$(REVISION)' -t $(IMAGE) bin/image
+
+## deploy-test: image, then a 3-node Docker Compose cluster: form, send and
+## receive through several nodes, kill one, again (deploy/docker/smoke.sh).
+deploy-test:
+	./deploy/docker/smoke.sh
+
+## chart-test: render and lint the Helm chart offline and check its invariants
+## (deploy/chartcheck, a module of its own: vet, staticcheck, tests).
+chart-test:
+	cd deploy/chartcheck && $(GO) vet ./... && \
+	  $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./... && \
+	  $(GO) test -count=1 ./...

@@ -135,6 +135,7 @@ environment variable QUORUMQ_<NAME>, dashes written as underscores
 		a.dlqCmd(),
 		a.clusterCmd(),
 		a.healthCmd(),
+		a.benchCmd(),
 		a.versionCmd(),
 	)
 	return root

@@ -1,0 +1,169 @@
+package chartcheck
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/engine"
+	"helm.sh/helm/v3/pkg/lint"
+	"helm.sh/helm/v3/pkg/lint/support"
+	"helm.sh/helm/v3/pkg/releaseutil"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+)
+
+const (
+	chartDir  = "../helm/quorumq"
+	namespace = "queues"
+	// The oldest Kubernetes the chart claims (Chart.yaml kubeVersion) and a
+	// current one.
+	oldKube = "v1.25.0"
+	newKube = "v1.35.0"
+)
+
+// release is one rendering of the chart, every object decoded strictly.
+type release struct {
+	name     string // release name
+	sts      []*appsv1.StatefulSet
+	services []*corev1.Service
+	pdbs     []*policyv1.PodDisruptionBudget
+	netpols  []*networkingv1.NetworkPolicy
+	monitors []*monitoringv1.ServiceMonitor
+	objects  []metav1.Object // all of the above
+	notes    string
+}
+
+// loadChart loads the chart from its directory, as `helm install ./dir`.
+func loadChart(t *testing.T) *chart.Chart {
+	t.Helper()
+	ch, err := loader.Load(chartDir)
+	if err != nil {
+		t.Fatalf("load chart: %v", err)
+	}
+	return ch
+}
+
+// render renders the chart as `helm install --dry-run` would for a release
+// named name in namespace with the given values (YAML, merged over
+// values.yaml) on Kubernetes kubeVersion, and decodes the result. Templates
+// run in strict mode: a reference to a value that does not exist fails.
+func render(t *testing.T, name, values, kubeVersion string) (*release, error) {
+	t.Helper()
+	ch := loadChart(t)
+	vals, err := chartutil.ReadValues([]byte(values))
+	if err != nil {
+		t.Fatalf("values: %v", err)
+	}
+	kv, err := chartutil.ParseKubeVersion(kubeVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caps := chartutil.DefaultCapabilities.Copy()
+	caps.KubeVersion = *kv
+	if !chartutil.IsCompatibleRange(ch.Metadata.KubeVersion, kv.String()) {
+		return nil, fmt.Errorf("chart requires kubeVersion %s, not %s", ch.Metadata.KubeVersion, kv)
+	}
+	top, err := chartutil.ToRenderValues(ch, vals, chartutil.ReleaseOptions{
+		Name: name, Namespace: namespace, Revision: 1, IsInstall: true,
+	}, caps)
+	if err != nil {
+		return nil, err
+	}
+	files, err := engine.Engine{Strict: true}.Render(ch, top)
+	if err != nil {
+		return nil, err
+	}
+	r := &release{name: name}
+	names := make([]string, 0, len(files))
+	for f := range files {
+		names = append(names, f)
+	}
+	sort.Strings(names)
+	for _, f := range names {
+		if strings.HasSuffix(f, "NOTES.txt") {
+			r.notes = files[f]
+			continue
+		}
+		docs := releaseutil.SplitManifests(files[f])
+		keys := make([]string, 0, len(docs))
+		for k := range docs {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if strings.TrimSpace(docs[k]) == "" {
+				continue
+			}
+			if err := r.decode(f, []byte(docs[k])); err != nil {
+				t.Errorf("%s: %v\n%s", f, err, docs[k])
+			}
+		}
+	}
+	return r, nil
+}
+
+// decode decodes one manifest strictly (unknown or duplicate fields fail)
+// into the API type of its apiVersion and kind.
+func (r *release) decode(file string, doc []byte) error {
+	var tm metav1.TypeMeta
+	if err := yaml.Unmarshal(doc, &tm); err != nil {
+		return err
+	}
+	var obj metav1.Object
+	switch gvk := tm.APIVersion + " " + tm.Kind; gvk {
+	case "apps/v1 StatefulSet":
+		o := &appsv1.StatefulSet{}
+		r.sts, obj = append(r.sts, o), o
+	case "v1 Service":
+		o := &corev1.Service{}
+		r.services, obj = append(r.services, o), o
+	case "policy/v1 PodDisruptionBudget":
+		o := &policyv1.PodDisruptionBudget{}
+		r.pdbs, obj = append(r.pdbs, o), o
+	case "networking.k8s.io/v1 NetworkPolicy":
+		o := &networkingv1.NetworkPolicy{}
+		r.netpols, obj = append(r.netpols, o), o
+	case "monitoring.coreos.com/v1 ServiceMonitor":
+		o := &monitoringv1.ServiceMonitor{}
+		r.monitors, obj = append(r.monitors, o), o
+	default:
+		return fmt.Errorf("unexpected object %q (add it to decode and to the checks)", gvk)
+	}
+	if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+		return fmt.Errorf("%s %s: strict decode: %w", tm.Kind, file, err)
+	}
+	r.objects = append(r.objects, obj)
+	return nil
+}
+
+// lintChart runs Helm's linter (`helm lint --strict`: warnings fail too)
+// with the given values.
+func lintChart(t *testing.T, values, kubeVersion string) {
+	t.Helper()
+	vals, err := chartutil.ReadValues([]byte(values))
+	if err != nil {
+		t.Fatalf("values: %v", err)
+	}
+	kv, err := chartutil.ParseKubeVersion(kubeVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := lint.AllWithKubeVersion(chartDir, vals, namespace, kv)
+	for _, m := range l.Messages {
+		if m.Severity >= support.WarningSev {
+			t.Errorf("helm lint: %s", m)
+		} else {
+			t.Logf("helm lint: %s", m)
+		}
+	}
+}
