@@ -235,3 +235,35 @@ func TestGracefulLeaveTransfersLeadership(t *testing.T) {
 		t.Fatalf("enqueue after a graceful leave: %v", err)
 	}
 }
+
+// TestCancelledLongPollLeasesNothing: a Receive whose caller gave up must
+// not go on to lease a message enqueued afterwards.
+func TestCancelledLongPollLeasesNothing(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	q, _ := c.client(0)
+	if _, err := q.CreateQueue(ctx, &qv1.CreateQueueRequest{Name: "poll", Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = q.Receive(pctx, &qv1.ReceiveRequest{Queue: "poll", Max: 10, Wait: durationpb.New(10 * time.Second)})
+	}()
+	c.waitFor("the long poll to be served", 5*time.Second, func() bool {
+		return c.nodes[0].metrics.inFlight.Load() > 0
+	})
+	cancel()
+	<-done
+	if _, err := q.Enqueue(ctx, &qv1.EnqueueRequest{Queue: "poll", Messages: []*qv1.Message{{Payload: []byte("later")}}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.Receive(ctx, &qv1.ReceiveRequest{Queue: "poll", Max: 10, Wait: durationpb.New(5 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.GetMessages()) != 1 {
+		t.Fatalf("a cancelled long poll took the message: received %d", len(got.GetMessages()))
+	}
+}

@@ -19,6 +19,7 @@ import (
 // metrics are the node's counters, written in the Prometheus text format.
 type metrics struct {
 	forwarded atomic.Uint64
+	inFlight  atomic.Int64 // client requests being served
 	// apply: time from proposing a partition command to its result, on the
 	// leader (replication, fsync on a majority, apply).
 	applyCount atomic.Uint64
@@ -40,7 +41,9 @@ func newMetrics() *metrics {
 
 func (m *metrics) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	start := time.Now()
+	m.inFlight.Add(1)
 	resp, err := h(ctx, req)
+	m.inFlight.Add(-1)
 	code := status.Code(err).String()
 	m.mu.Lock()
 	m.requests[[2]string{info.FullMethod, code}]++
@@ -85,6 +88,7 @@ func (n *Node) writeMetrics(w io.Writer) {
 	}
 	m.mu.Unlock()
 	fmt.Fprintf(w, "# TYPE quorumq_forwarded_total counter\nquorumq_forwarded_total %d\n", m.forwarded.Load())
+	fmt.Fprintf(w, "# TYPE quorumq_requests_in_flight gauge\nquorumq_requests_in_flight %d\n", m.inFlight.Load())
 	fmt.Fprintf(w, "# TYPE quorumq_apply_seconds summary\nquorumq_apply_seconds_sum %g\nquorumq_apply_seconds_count %d\n",
 		float64(m.applyNanos.Load())/1e9, m.applyCount.Load())
 

@@ -214,6 +214,10 @@ func (s *queueServer) Receive(ctx context.Context, req *qv1.ReceiveRequest) (*qv
 	parts := uint32(len(q.GetPartitions()))
 	start := uint32(s.rr.Add(1) % uint64(parts))
 	for {
+		if err := ctx.Err(); err != nil {
+			// The caller gave up: lease nothing more for it.
+			return nil, toStatus(err)
+		}
 		// Only partitions with a ready message get a Receive (a Raft
 		// write); they are asked at once, so a response waits for one
 		// commit, not one per partition. The rotating start keeps any
@@ -316,8 +320,8 @@ func (n *Node) receiveFrom(ctx context.Context, q *fsmv1.QueueInfo, ready []read
 
 // waitAnyReady returns once any partition of q has a ready message, or after
 // timeout.
-func (n *Node) waitAnyReady(ctx context.Context, q *fsmv1.QueueInfo, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
+func (n *Node) waitAnyReady(parent context.Context, q *fsmv1.QueueInfo, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(parent, timeout+time.Second)
 	defer cancel()
 	found := make(chan struct{}, len(q.GetPartitions()))
 	var wg sync.WaitGroup
@@ -336,7 +340,7 @@ func (n *Node) waitAnyReady(ctx context.Context, q *fsmv1.QueueInfo, timeout tim
 	}()
 	<-found
 	cancel()
-	return nil
+	return parent.Err()
 }
 
 func receivedMessage(q *fsmv1.QueueInfo, p uint32, d fsm.Delivery) *qv1.ReceivedMessage {
