@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -52,6 +53,11 @@ func testLogger() *slog.Logger {
 // startCluster starts size nodes and waits until they formed a cluster
 // in which every node is in the catalogue.
 func startCluster(size int) (*testCluster, error) {
+	return startClusterWith(size, "n", testLogger())
+}
+
+// startClusterWith names the nodes prefix1, prefix2... and logs to logger.
+func startClusterWith(size int, prefix string, logger *slog.Logger) (*testCluster, error) {
 	dir, err := os.MkdirTemp("", "quorumq-client-test-")
 	if err != nil {
 		return nil, err
@@ -59,9 +65,9 @@ func startCluster(size int) (*testCluster, error) {
 	c := &testCluster{dir: dir}
 	for i := range size {
 		cfg := cluster.Config{
-			NodeID: fmt.Sprintf("n%d", i+1), DataDir: filepath.Join(dir, fmt.Sprintf("n%d", i+1)),
+			NodeID: fmt.Sprintf("%s%d", prefix, i+1), DataDir: filepath.Join(dir, fmt.Sprintf("%s%d", prefix, i+1)),
 			ClientAddr: "127.0.0.1:0", PeerAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", HTTPAddr: "-",
-			BootstrapExpect: size, Logger: testLogger(),
+			BootstrapExpect: size, Logger: logger,
 		}
 		if i > 0 {
 			cfg.Join = []string{c.nodes[0].GossipAddr()}
@@ -299,6 +305,24 @@ func drain(t *testing.T, c *client.Client, queue string) map[string]int {
 			t.Fatalf("drain ack: %v", err)
 		}
 	}
+}
+
+// logBuffer keeps a cluster's log in memory, to show when a test fails.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func containsFrame(stack, frame string) bool { return strings.Contains(stack, frame) }
