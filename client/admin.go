@@ -207,6 +207,23 @@ func (c *Client) Partitions(ctx context.Context, queue string) ([]*qv1.Partition
 	return resp.GetPartitions(), nil
 }
 
+// LocalPartitions asks exactly the node at client address addr for its own
+// replicas of queue ("" = every queue), as they stand on that node: applied
+// index, state checksum, stats. Replicas of a partition at the same applied
+// index must report the same checksum; comparing them across nodes checks
+// that replicas converged. One attempt, no retry elsewhere.
+func (c *Client) LocalPartitions(ctx context.Context, addr, queue string) ([]*qv1.PartitionInfo, error) {
+	cc, err := c.conn(addr)
+	if err != nil {
+		return nil, wrapErr("LocalPartitions", err)
+	}
+	resp, err := qv1.NewClusterServiceClient(cc).Partitions(ctx, &qv1.PartitionsRequest{Queue: queue, Local: true})
+	if err != nil {
+		return nil, wrapErr("LocalPartitions", err)
+	}
+	return resp.GetPartitions(), nil
+}
+
 // TransferLeadership moves the leadership of a partition to node to (""
 // for Raft's choice) and returns the new leader's id.
 func (c *Client) TransferLeadership(ctx context.Context, queue string, partition uint32, to string) (string, error) {

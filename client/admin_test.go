@@ -12,7 +12,7 @@ import (
 )
 
 func TestAdmin(t *testing.T) {
-	c, _ := newTestClient(t)
+	c, tc := newTestClient(t)
 	ctx := ctxT(t, 20*time.Second)
 	q := queueName(t)
 	zero := uint32(0)
@@ -52,6 +52,30 @@ func TestAdmin(t *testing.T) {
 	if err != nil || len(ps) != 2 {
 		t.Errorf("partitions: %v %v", ps, err)
 	}
+	// Every node reports its own replicas; the two replicas of each
+	// partition converge on the same applied index and state checksum.
+	waitFor(t, "both replicas of each partition to agree", 5*time.Second, func() bool {
+		type at struct{ applied, sum uint64 }
+		seen := map[uint32][]at{}
+		for _, addr := range tc.seeds() {
+			ps, err := c.LocalPartitions(ctx, addr, q)
+			if err != nil {
+				t.Fatalf("local partitions of %s: %v", addr, err)
+			}
+			for _, p := range ps {
+				if p.GetNodeId() == "" || p.GetQueue() != q || p.GetStateChecksum() == 0 {
+					t.Fatalf("local partition %v", p)
+				}
+				seen[p.GetPartition()] = append(seen[p.GetPartition()], at{p.GetAppliedIndex(), p.GetStateChecksum()})
+			}
+		}
+		for p := range uint32(2) {
+			if r := seen[p]; len(r) != 2 || r[0] != r[1] {
+				return false
+			}
+		}
+		return true
+	})
 	if st, err := c.ClusterStatus(ctx); err != nil || st.GetNodeId() == "" {
 		t.Errorf("status: %v %v", st, err)
 	}

@@ -3,6 +3,7 @@ package cluster
 import (
 	"github.com/quorumq/quorumq/fsm"
 	peerv1 "github.com/quorumq/quorumq/proto/quorumq/peer/v1"
+	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
 )
 
 func resultToPeer(r *fsm.Result) *peerv1.Result {
@@ -41,4 +42,10 @@ func statsToPeer(s fsm.Stats) *peerv1.Stats {
 	return &peerv1.Stats{Ready: s.Ready, Delayed: s.Delayed, Leased: s.Leased, Dead: s.Dead, Bytes: s.Bytes,
 		OldestReadyAt: s.OldestReadyAt, Now: s.Now, NextSeq: s.NextSeq, EnqueuedTotal: s.EnqueuedTotal,
 		AckedTotal: s.AckedTotal, DeadLetteredTotal: s.DeadLetteredTotal, ExpiredTotal: s.ExpiredTotal}
+}
+
+// statsToPublic is a partition's stats as the public API shows them.
+func statsToPublic(s *peerv1.Stats) *qv1.QueueStats {
+	return &qv1.QueueStats{Ready: s.GetReady(), Delayed: s.GetDelayed(), Leased: s.GetLeased(), Dead: s.GetDead(), Bytes: s.GetBytes(),
+		EnqueuedTotal: s.GetEnqueuedTotal(), AckedTotal: s.GetAckedTotal(), DeadLetteredTotal: s.GetDeadLetteredTotal(), ExpiredTotal: s.GetExpiredTotal()}
 }

@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
+	"slices"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -77,6 +79,9 @@ func catalogStateName(s fsmv1.NodeState) string {
 }
 
 func (s *clusterServer) Partitions(ctx context.Context, req *qv1.PartitionsRequest) (*qv1.PartitionsResponse, error) {
+	if req.GetLocal() {
+		return s.localPartitions(req.GetQueue())
+	}
 	var queues []*fsmv1.QueueInfo
 	s.n.ctrl.read(func(c *fsm.Catalog) { queues = c.Queues() })
 	resp := &qv1.PartitionsResponse{}
@@ -97,9 +102,7 @@ func (s *clusterServer) Partitions(ctx context.Context, req *qv1.PartitionsReque
 			}
 			if r, err := s.n.readPartition(ctx, q, p, &peerv1.ReadRequest{}); err == nil {
 				info.Leader, info.Term, info.CommitIndex, info.AppliedIndex = r.GetLeaderId(), r.GetTerm(), r.GetCommitIndex(), r.GetAppliedIndex()
-				st := r.GetStats()
-				info.Stats = &qv1.QueueStats{Ready: st.GetReady(), Delayed: st.GetDelayed(), Leased: st.GetLeased(), Dead: st.GetDead(), Bytes: st.GetBytes(),
-					EnqueuedTotal: st.GetEnqueuedTotal(), AckedTotal: st.GetAckedTotal(), DeadLetteredTotal: st.GetDeadLetteredTotal(), ExpiredTotal: st.GetExpiredTotal()}
+				info.Stats = statsToPublic(r.GetStats())
 			}
 			mu.Lock()
 			infos[p] = info
@@ -132,4 +135,30 @@ func (s *clusterServer) TransferLeadership(ctx context.Context, req *qv1.Transfe
 		return nil, toStatus(err)
 	}
 	return &qv1.TransferLeadershipResponse{Leader: resp.GetLeaderId()}, nil
+}
+
+// localPartitions reports this node's own replicas as they stand here, each
+// with its state checksum: what a convergence check compares across nodes.
+func (s *clusterServer) localPartitions(queue string) (*qv1.PartitionsResponse, error) {
+	resp := &qv1.PartitionsResponse{}
+	for _, r := range s.n.replicas.all() {
+		if queue != "" && r.queue != queue {
+			continue
+		}
+		applied, sum, err := r.fsm.StateChecksum()
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "partition %s/%d: %v", r.queue, r.part, err)
+		}
+		info := &qv1.PartitionInfo{
+			Queue: r.queue, Partition: r.part, NodeId: s.n.ID(),
+			Leader: nodeOfServer(r.g.leaderID()), Term: r.g.raft.CurrentTerm(), CommitIndex: r.g.raft.CommitIndex(),
+			AppliedIndex: applied, StateChecksum: sum,
+		}
+		r.fsm.Read(func(p *fsm.Partition) { info.Stats = statsToPublic(statsToPeer(p.Stats())) })
+		resp.Partitions = append(resp.Partitions, info)
+	}
+	slices.SortFunc(resp.Partitions, func(a, b *qv1.PartitionInfo) int {
+		return cmp.Or(cmp.Compare(a.GetQueue(), b.GetQueue()), cmp.Compare(a.GetPartition(), b.GetPartition()))
+	})
+	return resp, nil
 }

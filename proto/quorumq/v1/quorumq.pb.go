@@ -2621,15 +2621,21 @@ func (x *ReplicaInfo) GetLag() uint64 {
 }
 
 type PartitionInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
-	Partition     uint32                 `protobuf:"varint,2,opt,name=partition,proto3" json:"partition,omitempty"`
-	Leader        string                 `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
-	Term          uint64                 `protobuf:"varint,4,opt,name=term,proto3" json:"term,omitempty"`
-	CommitIndex   uint64                 `protobuf:"varint,5,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
-	AppliedIndex  uint64                 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	Replicas      []*ReplicaInfo         `protobuf:"bytes,7,rep,name=replicas,proto3" json:"replicas,omitempty"`
-	Stats         *QueueStats            `protobuf:"bytes,8,opt,name=stats,proto3" json:"stats,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Queue        string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Partition    uint32                 `protobuf:"varint,2,opt,name=partition,proto3" json:"partition,omitempty"`
+	Leader       string                 `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	Term         uint64                 `protobuf:"varint,4,opt,name=term,proto3" json:"term,omitempty"`
+	CommitIndex  uint64                 `protobuf:"varint,5,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	AppliedIndex uint64                 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Replicas     []*ReplicaInfo         `protobuf:"bytes,7,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	Stats        *QueueStats            `protobuf:"bytes,8,opt,name=stats,proto3" json:"stats,omitempty"`
+	// state_checksum: with PartitionsRequest.local, a CRC-64 of this node's
+	// replica state at applied_index. Replicas at the same applied index
+	// must report the same checksum; a difference is divergence.
+	StateChecksum uint64 `protobuf:"varint,9,opt,name=state_checksum,json=stateChecksum,proto3" json:"state_checksum,omitempty"`
+	// node_id: with PartitionsRequest.local, the node that reports.
+	NodeId        string `protobuf:"bytes,10,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2720,9 +2726,27 @@ func (x *PartitionInfo) GetStats() *QueueStats {
 	return nil
 }
 
+func (x *PartitionInfo) GetStateChecksum() uint64 {
+	if x != nil {
+		return x.StateChecksum
+	}
+	return 0
+}
+
+func (x *PartitionInfo) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
 type PartitionsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Queue string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// local: answer for this node's own replicas only, without asking
+	// leaders: each with its applied index, state checksum and stats as this
+	// replica holds them. Used to check that replicas converged.
+	Local         bool `protobuf:"varint,2,opt,name=local,proto3" json:"local,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2762,6 +2786,13 @@ func (x *PartitionsRequest) GetQueue() string {
 		return x.Queue
 	}
 	return ""
+}
+
+func (x *PartitionsRequest) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
 }
 
 type PartitionsResponse struct {
@@ -3125,7 +3156,7 @@ const file_quorumq_v1_quorumq_proto_rawDesc = "" +
 	"\x05voter\x18\x02 \x01(\bR\x05voter\x12\x1f\n" +
 	"\vmatch_index\x18\x03 \x01(\x04R\n" +
 	"matchIndex\x12\x10\n" +
-	"\x03lag\x18\x04 \x01(\x04R\x03lag\"\x9a\x02\n" +
+	"\x03lag\x18\x04 \x01(\x04R\x03lag\"\xda\x02\n" +
 	"\rPartitionInfo\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1c\n" +
 	"\tpartition\x18\x02 \x01(\rR\tpartition\x12\x16\n" +
@@ -3134,9 +3165,13 @@ const file_quorumq_v1_quorumq_proto_rawDesc = "" +
 	"\fcommit_index\x18\x05 \x01(\x04R\vcommitIndex\x12#\n" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x123\n" +
 	"\breplicas\x18\a \x03(\v2\x17.quorumq.v1.ReplicaInfoR\breplicas\x12,\n" +
-	"\x05stats\x18\b \x01(\v2\x16.quorumq.v1.QueueStatsR\x05stats\")\n" +
+	"\x05stats\x18\b \x01(\v2\x16.quorumq.v1.QueueStatsR\x05stats\x12%\n" +
+	"\x0estate_checksum\x18\t \x01(\x04R\rstateChecksum\x12\x17\n" +
+	"\anode_id\x18\n" +
+	" \x01(\tR\x06nodeId\"?\n" +
 	"\x11PartitionsRequest\x12\x14\n" +
-	"\x05queue\x18\x01 \x01(\tR\x05queue\"O\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x14\n" +
+	"\x05local\x18\x02 \x01(\bR\x05local\"O\n" +
 	"\x12PartitionsResponse\x129\n" +
 	"\n" +
 	"partitions\x18\x01 \x03(\v2\x19.quorumq.v1.PartitionInfoR\n" +
