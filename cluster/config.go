@@ -40,12 +40,20 @@ type Config struct {
 	BootstrapExpect int
 	Zone            string
 
+	// ReplaceAfter: a node unreachable this long has its replicas moved
+	// to live nodes; one back in time simply catches up. Default 5 min.
+	// Negative: never replace automatically.
+	ReplaceAfter time.Duration
+
 	// Raft timing; defaults suit hundreds of groups per node.
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
 
 	Logger *slog.Logger
 }
+
+// DefaultReplaceAfter is Config.ReplaceAfter's default.
+const DefaultReplaceAfter = 5 * time.Minute
 
 // Default ports.
 const (
@@ -64,6 +72,9 @@ func (c *Config) Validate() error {
 		if *s == "" {
 			*s = net.JoinHostPort(host, strconv.Itoa(port))
 		}
+	}
+	if c.ReplaceAfter == 0 {
+		c.ReplaceAfter = DefaultReplaceAfter
 	}
 	def(&c.ClientAddr, DefaultClientPort, "0.0.0.0")
 	def(&c.PeerAddr, DefaultPeerPort, "")

@@ -25,6 +25,10 @@ type controller struct {
 	g   *group
 	fsm *fsm.RaftFSM[*fsm.Catalog]
 	log *slog.Logger
+
+	// leaderSince: when this node last became controller leader (only
+	// its runLeader goroutine touches it).
+	leaderSince time.Time
 }
 
 // controllerVoters is how many voters the controller group should have
@@ -107,6 +111,7 @@ func (c *controller) runLeader(ctx context.Context) {
 		return
 	}
 	c.log.Info("controller leader")
+	c.leaderSince = time.Now()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -146,7 +151,22 @@ func (c *controller) reconcile(ctx context.Context) error {
 			continue
 		}
 		info := nodeInfo(m)
-		if ok && k.GetClientAddr() == info.GetClientAddr() && k.GetPeerAddr() == info.GetPeerAddr() &&
+		if ok && k.GetInstance() != "" && k.GetInstance() != info.GetInstance() {
+			// The node lost its data: replace its replicas, and take its
+			// old self out of the controller group, before it is recorded
+			// with its new instance (and so may start replicas).
+			if err := c.replaceLost(ctx, m.ID); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if m.ID != string(c.g.id) {
+				if err := c.g.raft.RemoveServer(raft.ServerID(m.ID), 0, 5*time.Second).Error(); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+			}
+		}
+		if ok && k.GetInstance() == info.GetInstance() && k.GetClientAddr() == info.GetClientAddr() && k.GetPeerAddr() == info.GetPeerAddr() &&
 			k.GetGossipAddr() == info.GetGossipAddr() && k.GetHttpAddr() == info.GetHttpAddr() &&
 			k.GetZone() == info.GetZone() && k.GetVersion() == info.GetVersion() {
 			continue
@@ -158,12 +178,13 @@ func (c *controller) reconcile(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	errs = append(errs, c.reconcileRaft(members))
+	errs = append(errs, c.repair(ctx, members))
 	return errors.Join(errs...)
 }
 
 func nodeInfo(m Member) *fsmv1.NodeInfo {
 	return &fsmv1.NodeInfo{Id: m.ID, ClientAddr: m.Client, PeerAddr: m.Peer, GossipAddr: m.Gossip,
-		HttpAddr: m.HTTP, Zone: m.Zone, Version: m.Version}
+		HttpAddr: m.HTTP, Zone: m.Zone, Version: m.Version, Instance: m.Instance}
 }
 
 func (c *controller) reconcileRaft(members []Member) error {

@@ -41,6 +41,12 @@ func nodeConfig(dir, id string, expect int, join []string) Config {
 
 func startCluster(t testing.TB, size int) *testCluster {
 	t.Helper()
+	return startClusterWith(t, size, nil)
+}
+
+// startClusterWith starts size nodes, each configured by tune (if any).
+func startClusterWith(t testing.TB, size int, tune func(*Config)) *testCluster {
+	t.Helper()
 	c := &testCluster{t: t}
 	base := t.TempDir()
 	t.Cleanup(c.stop)
@@ -51,6 +57,9 @@ func startCluster(t testing.TB, size int) *testCluster {
 			join = []string{c.nodes[0].GossipAddr()}
 		}
 		cfg := nodeConfig(dir, fmt.Sprintf("n%d", i+1), size, join)
+		if tune != nil {
+			tune(&cfg)
+		}
 		n, err := Start(cfg)
 		if err != nil {
 			t.Fatalf("start node %d: %v", i+1, err)

@@ -32,6 +32,9 @@ type Meta struct {
 	// Leaving: the node is stopping gracefully; when it goes, it left
 	// rather than died.
 	Leaving bool `json:"l,omitempty"`
+	// Instance: the random id of the node's data directory; another one
+	// under the same node id means the node lost its data.
+	Instance string `json:"i,omitempty"`
 }
 
 // Member is a node as this node's gossip sees it.
@@ -40,6 +43,8 @@ type Member struct {
 	Gossip string
 	// State: alive, suspect, dead or left.
 	State string
+	// Since: when this node's gossip saw the member enter State.
+	Since time.Time
 }
 
 // membership runs memberlist. Its delegate callbacks never block gossip:
@@ -176,8 +181,11 @@ func (m *membership) record(n *memberlist.Node, gone bool) {
 			state = "left"
 		}
 	}
-	mem := Member{Meta: meta, Gossip: n.Address(), State: state}
+	mem := Member{Meta: meta, Gossip: n.Address(), State: state, Since: time.Now()}
 	m.mu.Lock()
+	if prev, ok := m.nodes[n.Name]; ok && prev.State == state {
+		mem.Since = prev.Since
+	}
 	m.nodes[n.Name] = mem
 	m.mu.Unlock()
 	m.signal()

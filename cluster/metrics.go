@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"github.com/hashicorp/raft"
 	"io"
 	"slices"
 	"strings"
@@ -24,6 +25,9 @@ type metrics struct {
 	// leader (replication, fsync on a majority, apply).
 	applyCount atomic.Uint64
 	applyNanos atomic.Uint64
+	// replica moves this node started, finished and rolled back as
+	// controller leader (repair.go).
+	movesStarted, movesFinished, movesRolledBack atomic.Uint64
 
 	mu       sync.Mutex
 	requests map[[2]string]uint64 // method, code
@@ -91,6 +95,15 @@ func (n *Node) writeMetrics(w io.Writer) {
 	fmt.Fprintf(w, "# TYPE quorumq_requests_in_flight gauge\nquorumq_requests_in_flight %d\n", m.inFlight.Load())
 	fmt.Fprintf(w, "# TYPE quorumq_apply_seconds summary\nquorumq_apply_seconds_sum %g\nquorumq_apply_seconds_count %d\n",
 		float64(m.applyNanos.Load())/1e9, m.applyCount.Load())
+
+	fmt.Fprintln(w, "# TYPE quorumq_replica_moves_total counter")
+	fmt.Fprintf(w, "quorumq_replica_moves_total{step=\"started\"} %d\nquorumq_replica_moves_total{step=\"finished\"} %d\nquorumq_replica_moves_total{step=\"rolled_back\"} %d\n",
+		m.movesStarted.Load(), m.movesFinished.Load(), m.movesRolledBack.Load())
+	if n.ctrl.g.raft.State() == raft.Leader {
+		under, moving := n.ctrl.replicationHealth()
+		fmt.Fprintf(w, "# TYPE quorumq_partitions_under_replicated gauge\nquorumq_partitions_under_replicated %d\n", under)
+		fmt.Fprintf(w, "# TYPE quorumq_partitions_moving gauge\nquorumq_partitions_moving %d\n", moving)
+	}
 
 	ls := n.shared.Stats()
 	fmt.Fprintf(w, "# TYPE quorumq_log_commits_total counter\nquorumq_log_commits_total %d\n", ls.Commits)

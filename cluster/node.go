@@ -30,7 +30,9 @@ type Node struct {
 	cfg Config
 	log *slog.Logger
 	id  string
-	dir *storage.Dir
+	// instance: the data directory's random id (storage.Dir.Instance).
+	instance string
+	dir      *storage.Dir
 	// shared holds the Raft log and stable store of every partition group
 	// of this node, so that one fsync commits the appends of many groups.
 	shared *storage.SharedLog
@@ -87,6 +89,9 @@ func Start(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	n.log = cfg.Logger.With("node", n.id)
+	if n.instance, err = n.dir.Instance(); err != nil {
+		return nil, err
+	}
 	if n.shared, err = n.dir.OpenSharedLog(n.log); err != nil {
 		return nil, err
 	}
@@ -124,7 +129,7 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	n.gossip, err = newMembership(cfg.GossipAddr, gossipAddr, Meta{
 		ID: n.id, Client: n.clientAddr, Peer: n.peerAddr, HTTP: n.httpAddr, Zone: cfg.Zone,
-		Version: Version, Fresh: !n.ctrl.hasState(),
+		Version: Version, Fresh: !n.ctrl.hasState(), Instance: n.instance,
 	}, n.log)
 	if err != nil {
 		return nil, err

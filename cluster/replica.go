@@ -77,6 +77,12 @@ func (r *replica) lead(ctx context.Context) {
 	}
 	r.log.Debug("partition leader")
 	r.configure(ctx)
+	members := make(chan struct{})
+	go func() {
+		defer close(members)
+		r.keepMembers(ctx)
+	}()
+	defer func() { <-members }()
 	var lastTick time.Time
 	for {
 		var due int64
@@ -235,40 +241,58 @@ func (s *replicaSet) startOnDisk() error {
 }
 
 // reconcile starts the replicas the catalogue assigns to this node and
-// stops (and deletes) those of queues that no longer exist.
+// stops (and deletes) those it no longer assigns here: of deleted queues,
+// moved away, or replaced under a new replica epoch.
 func (s *replicaSet) reconcile() {
 	var queues []*fsmv1.QueueInfo
-	s.n.ctrl.read(func(c *fsm.Catalog) { queues = c.Queues() })
-	want := map[groupKey]bool{}
+	var self *fsmv1.NodeInfo
+	s.n.ctrl.read(func(c *fsm.Catalog) {
+		queues = c.Queues()
+		self, _ = c.Node(s.n.id)
+	})
+	// A catalogue that knows this node under another instance predates a
+	// loss of this node's data: its replicas here are the lost ones, and
+	// the controller replaces them before this node serves any.
+	sameInstance := self != nil && self.GetInstance() == s.n.instance
+	want := map[groupKey]raft.ServerID{}
 	for _, q := range queues {
 		for _, pa := range q.GetPartitions() {
-			var self *fsmv1.Replica
+			var mine *fsmv1.Replica
 			for _, rep := range pa.GetReplicas() {
 				if rep.GetNodeId() == s.n.id {
-					self = rep
+					mine = rep
 				}
 			}
-			if self == nil {
+			if mine == nil {
 				continue
 			}
 			key := groupKey{q.GetName(), pa.GetPartition()}
-			want[key] = true
-			if r, ok := s.get(key.queue, key.part); ok && r.qid == q.GetId() {
+			id := replicaServerID(s.n.id, mine.GetEpoch())
+			want[key] = id
+			if r, ok := s.get(key.queue, key.part); ok && r.qid == q.GetId() && r.g.id == id {
 				continue
 			}
-			s.start(q, pa, self)
+			if !sameInstance {
+				continue
+			}
+			s.start(q, pa, mine)
 		}
 	}
-	// Stop replicas of deleted queues (or of an older queue with the name).
+	if !s.n.ctrl.epochKnown() {
+		return
+	}
 	for _, r := range s.all() {
 		key := groupKey{r.queue, r.part}
 		q, ok := s.n.ctrl.queue(r.queue)
-		if want[key] && ok && q.GetId() == r.qid {
+		if id, wanted := want[key]; wanted && ok && q.GetId() == r.qid && r.g.id == id {
 			continue
 		}
-		if s.n.ctrl.epochKnown() {
-			s.remove(r)
+		if ok && q.GetId() == r.qid && r.isLeader() {
+			// Moved away while leading: the leader hands over first
+			// (keepMembers); the replica goes on a later round.
+			continue
 		}
+		s.remove(r)
 	}
 }
 
@@ -276,30 +300,34 @@ func (s *replicaSet) start(q *fsmv1.QueueInfo, pa *fsmv1.PartitionAssignment, se
 	name := storage.PartitionGroup(q.GetName(), q.GetId(), pa.GetPartition())
 	id := replicaServerID(s.n.id, self.GetEpoch())
 	if old, ok := s.get(q.GetName(), pa.GetPartition()); ok {
-		s.remove(old) // an older queue with the same name
+		s.remove(old) // an older queue with the same name, or an older epoch
 	}
 	r, err := startReplica(s.n, name, id)
 	if err != nil {
 		s.n.log.Error("start replica", "group", name.String(), "err", err)
 		return
 	}
-	var servers []raft.Server
-	for _, rep := range pa.GetReplicas() {
-		info, ok := s.n.ctrl.node(rep.GetNodeId())
-		if !ok {
-			continue
+	// Every replica of a new partition bootstraps with the same
+	// configuration, from the same catalogue entry: raft accepts that, and
+	// the group forms once a majority is up. A replica placed later (the
+	// assignment changed since creation) starts empty: the partition
+	// leader adds it and sends it the state.
+	if pa.GetEpoch() == 1 {
+		var servers []raft.Server
+		for _, rep := range pa.GetReplicas() {
+			info, ok := s.n.ctrl.node(rep.GetNodeId())
+			if !ok {
+				continue
+			}
+			suff := raft.Voter
+			if !rep.GetVoter() {
+				suff = raft.Nonvoter
+			}
+			servers = append(servers, raft.Server{Suffrage: suff, ID: replicaServerID(rep.GetNodeId(), rep.GetEpoch()), Address: raft.ServerAddress(info.GetPeerAddr())})
 		}
-		suff := raft.Voter
-		if !rep.GetVoter() {
-			suff = raft.Nonvoter
+		if err := r.g.bootstrap(servers); err != nil {
+			r.log.Error("bootstrap partition", "err", err)
 		}
-		servers = append(servers, raft.Server{Suffrage: suff, ID: replicaServerID(rep.GetNodeId(), rep.GetEpoch()), Address: raft.ServerAddress(info.GetPeerAddr())})
-	}
-	// Every replica bootstraps with the same configuration, from the same
-	// catalogue entry: raft accepts that, and the group forms once a
-	// majority is up.
-	if err := r.g.bootstrap(servers); err != nil {
-		r.log.Error("bootstrap partition", "err", err)
 	}
 	s.mu.Lock()
 	s.m[groupKey{q.GetName(), pa.GetPartition()}] = r

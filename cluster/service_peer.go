@@ -62,6 +62,14 @@ func (s *peerServer) WaitReady(ctx context.Context, req *peerv1.WaitReadyRequest
 }
 
 func (s *peerServer) Read(ctx context.Context, req *peerv1.ReadRequest) (*peerv1.ReadResponse, error) {
+	if req.GetLocal() {
+		g := req.GetGroup()
+		r, ok := s.n.replicas.get(g.GetQueue(), g.GetPartition())
+		if !ok || r.qid != g.GetQueueId() {
+			return nil, status.Errorf(codes.NotFound, "no replica of %s here", groupString(g))
+		}
+		return r.read(req), nil
+	}
 	r, nl := s.leading(req.GetGroup())
 	if nl != nil {
 		return &peerv1.ReadResponse{NotLeader: nl}, nil

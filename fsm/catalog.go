@@ -182,6 +182,7 @@ func (c *Catalog) upsertNode(n *fsmv1.NodeInfo, now int64) *CatalogResult {
 	cur.ClientAddr, cur.PeerAddr = n.GetClientAddr(), n.GetPeerAddr()
 	cur.GossipAddr, cur.HttpAddr = n.GetGossipAddr(), n.GetHttpAddr()
 	cur.Zone, cur.Version = n.GetZone(), n.GetVersion()
+	cur.Instance = n.GetInstance()
 	cur.UpdatedAt = now
 	return &CatalogResult{}
 }
@@ -334,7 +335,7 @@ func (c *Catalog) setAssignment(s *fsmv1.SetAssignment) *CatalogResult {
 			e = c.nextReplicaEpoch
 			c.nextReplicaEpoch++
 		}
-		rs[i] = &fsmv1.Replica{NodeId: r.GetNodeId(), Epoch: e, Voter: r.GetVoter()}
+		rs[i] = &fsmv1.Replica{NodeId: r.GetNodeId(), Epoch: e, Voter: r.GetVoter(), Leaving: r.GetLeaving()}
 	}
 	a.Replicas = rs
 	a.PreferredLeader = s.GetPreferredLeader()

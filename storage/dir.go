@@ -42,6 +42,7 @@ var (
 const (
 	lockFile      = "LOCK"
 	nodeIDFile    = "node-id"
+	instanceFile  = "instance"
 	probeFile     = ".probe"
 	trashDir      = ".trash"
 	controllerDir = "controller"

@@ -256,7 +256,11 @@ type NodeInfo struct {
 	// joined_at: stamp of the command that first recorded the node.
 	JoinedAt int64 `protobuf:"varint,9,opt,name=joined_at,json=joinedAt,proto3" json:"joined_at,omitempty"`
 	// updated_at: stamp of the last change.
-	UpdatedAt     int64 `protobuf:"varint,10,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	UpdatedAt int64 `protobuf:"varint,10,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// instance: the random id of the node's data directory. A node that
+	// comes back with another instance lost its data: its old replicas are
+	// replaced (under new replica epochs) before it serves any of them.
+	Instance      string `protobuf:"bytes,11,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -359,6 +363,13 @@ func (x *NodeInfo) GetUpdatedAt() int64 {
 		return x.UpdatedAt
 	}
 	return 0
+}
+
+func (x *NodeInfo) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
 }
 
 // UpsertNode records a node, or refreshes its addresses and metadata. It
@@ -467,7 +478,11 @@ type Replica struct {
 	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	Epoch  uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// voter: false while a new replica catches up as a non-voter.
-	Voter         bool `protobuf:"varint,3,opt,name=voter,proto3" json:"voter,omitempty"`
+	Voter bool `protobuf:"varint,3,opt,name=voter,proto3" json:"voter,omitempty"`
+	// leaving: this replica is to be removed once a replacement is a
+	// caught-up voter (a rebalance move); a replica on a dead, draining or
+	// removed node is replaced without the flag.
+	Leaving       bool `protobuf:"varint,4,opt,name=leaving,proto3" json:"leaving,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -519,6 +534,13 @@ func (x *Replica) GetEpoch() uint64 {
 func (x *Replica) GetVoter() bool {
 	if x != nil {
 		return x.Voter
+	}
+	return false
+}
+
+func (x *Replica) GetLeaving() bool {
+	if x != nil {
+		return x.Leaving
 	}
 	return false
 }
@@ -1044,7 +1066,7 @@ const file_quorumq_fsm_v1_catalog_proto_rawDesc = "" +
 	"\x15update_queue_settings\x18\x0e \x01(\v2#.quorumq.fsm.v1.UpdateQueueSettingsH\x00R\x13updateQueueSettings\x12F\n" +
 	"\x0eset_assignment\x18\x0f \x01(\v2\x1d.quorumq.fsm.v1.SetAssignmentH\x00R\rsetAssignmentB\x04\n" +
 	"\x02opJ\x04\b\x03\x10\n" +
-	"\"\xb1\x02\n" +
+	"\"\xcd\x02\n" +
 	"\bNodeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vclient_addr\x18\x02 \x01(\tR\n" +
@@ -1059,17 +1081,19 @@ const file_quorumq_fsm_v1_catalog_proto_rawDesc = "" +
 	"\tjoined_at\x18\t \x01(\x03R\bjoinedAt\x12\x1d\n" +
 	"\n" +
 	"updated_at\x18\n" +
-	" \x01(\x03R\tupdatedAt\":\n" +
+	" \x01(\x03R\tupdatedAt\x12\x1a\n" +
+	"\binstance\x18\v \x01(\tR\binstance\":\n" +
 	"\n" +
 	"UpsertNode\x12,\n" +
 	"\x04node\x18\x01 \x01(\v2\x18.quorumq.fsm.v1.NodeInfoR\x04node\"O\n" +
 	"\fSetNodeState\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12/\n" +
-	"\x05state\x18\x02 \x01(\x0e2\x19.quorumq.fsm.v1.NodeStateR\x05state\"N\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x19.quorumq.fsm.v1.NodeStateR\x05state\"h\n" +
 	"\aReplica\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x14\n" +
-	"\x05voter\x18\x03 \x01(\bR\x05voter\"\xa9\x01\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\x12\x18\n" +
+	"\aleaving\x18\x04 \x01(\bR\aleaving\"\xa9\x01\n" +
 	"\x13PartitionAssignment\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x123\n" +
 	"\breplicas\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReplicaR\breplicas\x12\x14\n" +

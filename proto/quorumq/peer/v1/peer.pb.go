@@ -924,9 +924,12 @@ type ReadRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Group *Group                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
 	// dead_after/dead_limit: list dead letters after this position.
-	DeadLetters   bool   `protobuf:"varint,2,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
-	DeadAfter     uint64 `protobuf:"varint,3,opt,name=dead_after,json=deadAfter,proto3" json:"dead_after,omitempty"`
-	DeadLimit     uint32 `protobuf:"varint,4,opt,name=dead_limit,json=deadLimit,proto3" json:"dead_limit,omitempty"`
+	DeadLetters bool   `protobuf:"varint,2,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	DeadAfter   uint64 `protobuf:"varint,3,opt,name=dead_after,json=deadAfter,proto3" json:"dead_after,omitempty"`
+	DeadLimit   uint32 `protobuf:"varint,4,opt,name=dead_limit,json=deadLimit,proto3" json:"dead_limit,omitempty"`
+	// local: answer from this node's replica, leader or not (its applied
+	// index tells how far it has caught up).
+	Local         bool `protobuf:"varint,5,opt,name=local,proto3" json:"local,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -987,6 +990,13 @@ func (x *ReadRequest) GetDeadLimit() uint32 {
 		return x.DeadLimit
 	}
 	return 0
+}
+
+func (x *ReadRequest) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
 }
 
 type ReadResponse struct {
@@ -1411,14 +1421,15 @@ const file_quorumq_peer_v1_peer_proto_rawDesc = "" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x14\n" +
 	"\x05voter\x18\x02 \x01(\bR\x05voter\x12\x1f\n" +
 	"\vmatch_index\x18\x03 \x01(\x04R\n" +
-	"matchIndex\"\x9c\x01\n" +
+	"matchIndex\"\xb2\x01\n" +
 	"\vReadRequest\x12,\n" +
 	"\x05group\x18\x01 \x01(\v2\x16.quorumq.peer.v1.GroupR\x05group\x12!\n" +
 	"\fdead_letters\x18\x02 \x01(\bR\vdeadLetters\x12\x1d\n" +
 	"\n" +
 	"dead_after\x18\x03 \x01(\x04R\tdeadAfter\x12\x1d\n" +
 	"\n" +
-	"dead_limit\x18\x04 \x01(\rR\tdeadLimit\"\x8a\x03\n" +
+	"dead_limit\x18\x04 \x01(\rR\tdeadLimit\x12\x14\n" +
+	"\x05local\x18\x05 \x01(\bR\x05local\"\x8a\x03\n" +
 	"\fReadResponse\x129\n" +
 	"\n" +
 	"not_leader\x18\x01 \x01(\v2\x1a.quorumq.peer.v1.NotLeaderR\tnotLeader\x12,\n" +

@@ -1,0 +1,170 @@
+package cluster
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/quorumq/quorumq/fsm"
+	fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
+	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
+)
+
+// fullyReplicated reports whether every partition of queue has rf voting
+// replicas, all on nodes in live, no move in progress, and a Raft
+// configuration (as its leader holds it) of exactly those voters.
+func (c *testCluster) fullyReplicated(queue string, rf int, live map[string]bool) bool {
+	var view *Node
+	for _, n := range c.nodes {
+		if n != nil {
+			view = n
+			break
+		}
+	}
+	q, ok := view.ctrl.queue(queue)
+	if !ok {
+		return false
+	}
+	for _, a := range q.GetPartitions() {
+		var want []string
+		for _, r := range a.GetReplicas() {
+			if !r.GetVoter() || r.GetLeaving() || !live[r.GetNodeId()] {
+				return false
+			}
+			want = append(want, string(replicaServerID(r.GetNodeId(), r.GetEpoch())))
+		}
+		if len(want) != rf {
+			return false
+		}
+		li := c.leaderNode(queue, a.GetPartition())
+		if li < 0 {
+			return false
+		}
+		r, _ := c.nodes[li].replicas.get(queue, a.GetPartition())
+		f := r.g.raft.GetConfiguration()
+		if f.Error() != nil {
+			return false
+		}
+		var have []string
+		for _, s := range f.Configuration().Servers {
+			if s.Suffrage != raft.Voter {
+				return false
+			}
+			have = append(have, string(s.ID))
+		}
+		slices.Sort(want)
+		slices.Sort(have)
+		if !slices.Equal(want, have) {
+			return false
+		}
+	}
+	return true
+}
+
+// enqueueLoad enqueues through node via until stop is closed, returning
+// the acknowledged payloads when it is.
+func (c *testCluster) enqueueLoad(t *testing.T, via int, queue string, stop <-chan struct{}) func() map[string]bool {
+	q, _ := c.client(via)
+	ctx := ctxT(t, 5*time.Minute)
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	var wg sync.WaitGroup
+	for w := range 2 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var msgs []*qv1.Message
+				for k := range 10 {
+					msgs = append(msgs, &qv1.Message{Payload: fmt.Appendf(nil, "w%d-%d-%d", w, i, k)})
+				}
+				if _, err := q.Enqueue(ctx, &qv1.EnqueueRequest{Queue: queue, Messages: msgs}); err != nil {
+					continue // unknown outcome: not counted as acknowledged
+				}
+				mu.Lock()
+				for _, m := range msgs {
+					acked[string(m.GetPayload())] = true
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	return func() map[string]bool {
+		wg.Wait()
+		return acked
+	}
+}
+
+// TestReplaceDeadNode: a 5-node cluster with 12 partitions × 3 replicas;
+// a node dies for good under load. After the grace period every partition
+// is back to 3 caught-up voters on live nodes, and every acknowledged
+// message is delivered.
+func TestReplaceDeadNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-node healing test")
+	}
+	c := startClusterWith(t, 5, func(cfg *Config) { cfg.ReplaceAfter = 2 * time.Second })
+	ctx := ctxT(t, 3*time.Minute)
+	qc, _ := c.client(0)
+	if _, err := qc.CreateQueue(ctx, &qv1.CreateQueueRequest{Name: "heal", Partitions: 12, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	live := map[string]bool{"n1": true, "n2": true, "n3": true, "n4": true, "n5": true}
+	c.waitFor("every partition led", 20*time.Second, func() bool { return c.fullyReplicated("heal", 3, live) })
+
+	// The victim: a node that is not the controller leader.
+	victim := 4
+	for c.nodes[victim].ctrl.g.raft.State() == raft.Leader {
+		victim--
+	}
+	via := (victim + 1) % 5
+	stop := make(chan struct{})
+	done := c.enqueueLoad(t, via, "heal", stop)
+	time.Sleep(300 * time.Millisecond) // some load before the crash
+	start := time.Now()
+	c.kill(victim)
+	delete(live, fmt.Sprintf("n%d", victim+1))
+	c.waitFor("every partition back to 3 voters on live nodes", 90*time.Second, func() bool { return c.fullyReplicated("heal", 3, live) })
+	t.Logf("full replication %v after the crash", time.Since(start))
+	close(stop)
+	acked := done()
+
+	q, _ := c.client(via)
+	got := drain(t, q, "heal")
+	for p := range acked {
+		if got[p] == 0 {
+			t.Errorf("acknowledged message %s lost", p)
+		}
+	}
+	t.Logf("%d acknowledged, %d delivered", len(acked), len(got))
+	var moves uint64
+	for _, n := range c.nodes {
+		if n != nil {
+			moves += n.metrics.movesFinished.Load()
+		}
+	}
+	if moves == 0 {
+		t.Error("no move finished")
+	}
+	// The catalogue agrees on every node.
+	for _, n := range c.nodes {
+		if n == nil {
+			continue
+		}
+		n.ctrl.read(func(cat *fsm.Catalog) {
+			q, _ := cat.Queue("heal")
+			for _, a := range q.GetPartitions() {
+				if slices.ContainsFunc(a.GetReplicas(), func(r *fsmv1.Replica) bool { return !live[r.GetNodeId()] }) {
+					t.Errorf("%s still places partition %d on a dead node", n.ID(), a.GetPartition())
+				}
+			}
+		})
+	}
+}
