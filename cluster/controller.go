@@ -209,6 +209,19 @@ func (c *controller) reconcileRaft(members []Member) error {
 	}
 	maxVoters := controllerVoters(alive)
 	var errs []error
+	// Nodes removed from the catalogue leave the group for good.
+	removed := map[string]bool{}
+	for _, n := range c.nodes() {
+		removed[n.GetId()] = n.GetState() == fsmv1.NodeState_NODE_STATE_REMOVED
+		id := raft.ServerID(n.GetId())
+		if s, ok := in[id]; ok && n.GetState() == fsmv1.NodeState_NODE_STATE_REMOVED && id != c.g.id {
+			errs = append(errs, c.g.raft.RemoveServer(id, 0, 5*time.Second).Error())
+			delete(in, id)
+			if s.Suffrage == raft.Voter {
+				voters--
+			}
+		}
+	}
 	for _, m := range members {
 		id := raft.ServerID(m.ID)
 		s, ok := in[id]
@@ -218,7 +231,7 @@ func (c *controller) reconcileRaft(members []Member) error {
 			if s.Suffrage == raft.Voter {
 				voters--
 			}
-		case m.State != "alive":
+		case m.State != "alive" || removed[m.ID]:
 		case !ok && voters < maxVoters:
 			errs = append(errs, c.g.raft.AddVoter(id, raft.ServerAddress(m.Peer), 0, 5*time.Second).Error())
 			voters++

@@ -172,3 +172,27 @@ func (c *testCluster) gossipState(i int, id string) string {
 	}
 	return ""
 }
+
+// addNode starts one more node that joins the running cluster.
+func (c *testCluster) addNode(tune func(*Config)) int {
+	c.t.Helper()
+	i := len(c.nodes)
+	var join []string
+	for _, n := range c.nodes {
+		if n != nil {
+			join = append(join, n.GossipAddr())
+		}
+	}
+	cfg := nodeConfig(filepath.Join(c.t.TempDir(), fmt.Sprintf("n%d", i+1)), fmt.Sprintf("n%d", i+1), 0, join)
+	if tune != nil {
+		tune(&cfg)
+	}
+	n, err := Start(cfg)
+	if err != nil {
+		c.t.Fatalf("start node %d: %v", i+1, err)
+	}
+	cfg.ClientAddr, cfg.PeerAddr, cfg.GossipAddr, cfg.HTTPAddr = n.ClientAddr(), n.PeerAddr(), n.GossipAddr(), n.HTTPAddr()
+	c.nodes = append(c.nodes, n)
+	c.cfgs = append(c.cfgs, cfg)
+	return i
+}

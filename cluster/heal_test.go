@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/quorumq/quorumq/fsm"
 	fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
@@ -167,4 +169,158 @@ func TestReplaceDeadNode(t *testing.T) {
 			}
 		})
 	}
+}
+
+// spread counts, over the catalogue, replicas per node and partition
+// leaders per node (as the replicas themselves report leading).
+func (c *testCluster) spread(queue string) (replicas, leaders map[string]int) {
+	replicas, leaders = map[string]int{}, map[string]int{}
+	for _, n := range c.nodes {
+		if n == nil {
+			continue
+		}
+		replicas[n.ID()] += 0
+		leaders[n.ID()] += 0
+		for _, r := range n.replicas.all() {
+			if r.queue != queue {
+				continue
+			}
+			replicas[n.ID()]++
+			if r.isLeader() {
+				leaders[n.ID()]++
+			}
+		}
+	}
+	return replicas, leaders
+}
+
+func within(m map[string]int, d int) bool {
+	lo, hi := -1, -1
+	for _, v := range m {
+		if lo < 0 || v < lo {
+			lo = v
+		}
+		hi = max(hi, v)
+	}
+	return hi-lo <= d
+}
+
+// TestScaleUpRebalance: 3 nodes with 12 partitions × 3 replicas, then two
+// more nodes and a rebalance under load: every node ends with 7 or 8
+// replicas (36 over 5: within one) and 2 or 3 leaderships (12 over 5:
+// within one), and nothing acknowledged is lost.
+func TestScaleUpRebalance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-node rebalance test")
+	}
+	c := startCluster(t, 3)
+	ctx := ctxT(t, 3*time.Minute)
+	qc, cc := c.client(0)
+	if _, err := qc.CreateQueue(ctx, &qv1.CreateQueueRequest{Name: "grow", Partitions: 12, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	live := map[string]bool{"n1": true, "n2": true, "n3": true}
+	c.waitFor("every partition led", 20*time.Second, func() bool { return c.fullyReplicated("grow", 3, live) })
+	stop := make(chan struct{})
+	done := c.enqueueLoad(t, 0, "grow", stop)
+	c.addNode(nil)
+	c.addNode(nil)
+	live["n4"], live["n5"] = true, true
+	c.waitFormed()
+	start := time.Now()
+	res, err := cc.Rebalance(ctx, &qv1.RebalanceRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetMoves() == 0 {
+		t.Fatalf("rebalance planned no move: %v", res)
+	}
+	c.waitFor("the moves to finish", 2*time.Minute, func() bool {
+		reps, _ := c.spread("grow")
+		return c.fullyReplicated("grow", 3, live) && within(reps, 1)
+	})
+	moved := time.Since(start)
+	// A second rebalance evens the leaderships out over the new layout.
+	c.waitFor("leaderships within one", 30*time.Second, func() bool {
+		res, err := cc.Rebalance(ctx, &qv1.RebalanceRequest{})
+		if err != nil {
+			t.Logf("rebalance: %v", err)
+		}
+		_, leads := c.spread("grow")
+		t.Logf("rebalance %v: leaders %v", res, leads)
+		return within(leads, 1)
+	})
+	t.Logf("rebalance 3 → 5: replicas even after %v, leaders after %v", moved, time.Since(start))
+	close(stop)
+	acked := done()
+	q, _ := c.client(0)
+	got := drain(t, q, "grow")
+	for p := range acked {
+		if got[p] == 0 {
+			t.Errorf("acknowledged message %s lost", p)
+		}
+	}
+	reps, leads := c.spread("grow")
+	t.Logf("replicas %v, leaders %v; %d acknowledged, %d delivered", reps, leads, len(acked), len(got))
+}
+
+// TestDrainAndRemove: a node is drained under load (no request fails
+// beyond the client's retries), then removed; it hosts nothing, the
+// controller group and the catalogue no longer count it, and every
+// acknowledged message is delivered.
+func TestDrainAndRemove(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-node drain test")
+	}
+	c := startCluster(t, 4)
+	ctx := ctxT(t, 3*time.Minute)
+	qc, cc := c.client(0)
+	if _, err := qc.CreateQueue(ctx, &qv1.CreateQueueRequest{Name: "drain", Partitions: 6, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	live := map[string]bool{"n1": true, "n2": true, "n3": true, "n4": true}
+	c.waitFor("every partition led", 20*time.Second, func() bool { return c.fullyReplicated("drain", 3, live) })
+	if _, err := cc.RemoveNode(ctx, &qv1.RemoveNodeRequest{NodeId: "n4"}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("removing a node that hosts replicas: %v, want FailedPrecondition", err)
+	}
+	stop := make(chan struct{})
+	done := c.enqueueLoad(t, 0, "drain", stop)
+	if _, err := cc.DrainNode(ctx, &qv1.DrainNodeRequest{NodeId: "n4"}); err != nil {
+		t.Fatal(err)
+	}
+	delete(live, "n4")
+	c.waitFor("n4 drained", 2*time.Minute, func() bool {
+		reps, _ := c.spread("drain")
+		return c.fullyReplicated("drain", 3, live) && reps["n4"] == 0
+	})
+	close(stop)
+	acked := done()
+	if _, err := cc.RemoveNode(ctx, &qv1.RemoveNodeRequest{NodeId: "n4"}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("n4 out of the controller group and of gossip", 30*time.Second, func() bool {
+		for _, id := range c.nodes[0].ctrl.voterIDs() {
+			if id == "n4" {
+				return false
+			}
+		}
+		f := c.nodes[0].ctrl.g.raft.GetConfiguration()
+		if f.Error() != nil {
+			return false
+		}
+		for _, s := range f.Configuration().Servers {
+			if s.ID == "n4" {
+				return false
+			}
+		}
+		return c.gossipState(0, "n4") == "left"
+	})
+	q, _ := c.client(0)
+	got := drain(t, q, "drain")
+	for p := range acked {
+		if got[p] == 0 {
+			t.Errorf("acknowledged message %s lost", p)
+		}
+	}
+	t.Logf("%d acknowledged, %d delivered", len(acked), len(got))
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/quorumq/quorumq/fsm"
+	fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
 	peerv1 "github.com/quorumq/quorumq/proto/quorumq/peer/v1"
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
 	"github.com/quorumq/quorumq/storage"
@@ -32,6 +33,9 @@ type Node struct {
 	id  string
 	// instance: the data directory's random id (storage.Dir.Instance).
 	instance string
+	// removed: this node learnt it was removed and left gossip (touched
+	// only by replicaLoop).
+	removed bool
 	dir      *storage.Dir
 	// shared holds the Raft log and stable store of every partition group
 	// of this node, so that one fsync commits the appends of many groups.
@@ -217,6 +221,7 @@ func (n *Node) replicaLoop() {
 	for {
 		applied := n.ctrl.g.waitApplied()
 		n.replicas.reconcile()
+		n.leaveIfRemoved()
 		n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 		select {
 		case <-n.ctx.Done():
@@ -224,6 +229,21 @@ func (n *Node) replicaLoop() {
 		case <-applied:
 		case <-tick.C:
 		}
+	}
+}
+
+// leaveIfRemoved leaves gossip, once, when the catalogue says this node
+// was removed: it is out of the cluster for good and must not be counted
+// or gossiped about. The process keeps running, not ready, until stopped.
+func (n *Node) leaveIfRemoved() {
+	self, ok := n.ctrl.node(n.id)
+	if !ok || self.GetState() != fsmv1.NodeState_NODE_STATE_REMOVED || n.removed {
+		return
+	}
+	n.removed = true
+	n.log.Warn("this node was removed from the cluster: leaving gossip")
+	if err := n.gossip.leave(2 * time.Second); err != nil {
+		n.log.Warn("leave gossip", "err", err)
 	}
 }
 

@@ -107,13 +107,14 @@ func (c *controller) repair(ctx context.Context, members []Member) error {
 	})
 	for _, q := range queues {
 		for _, a := range q.GetPartitions() {
+			moving := slices.ContainsFunc(a.GetReplicas(), func(r *fsmv1.Replica) bool { return !r.GetVoter() })
 			for _, r := range a.GetReplicas() {
 				s.load[r.GetNodeId()]++
 				if !r.GetVoter() {
 					s.moving++
 					s.target[r.GetNodeId()]++
 				}
-				if r.GetLeaving() {
+				if r.GetLeaving() && moving {
 					s.source[r.GetNodeId()]++
 				}
 			}

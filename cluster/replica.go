@@ -390,9 +390,12 @@ func (r *replica) read(req *peerv1.ReadRequest) *peerv1.ReadResponse {
 // transfer hands leadership to the replica on node to, or to raft's choice.
 func (r *replica) transfer(ctx context.Context, to string) (*peerv1.TransferResponse, error) {
 	var f raft.Future
-	if to == "" {
+	switch {
+	case to == nodeOfServer(r.g.id):
+		return &peerv1.TransferResponse{LeaderId: to}, nil // already here
+	case to == "":
 		f = r.g.raft.LeadershipTransfer()
-	} else {
+	default:
 		cfg := r.g.raft.GetConfiguration()
 		if err := cfg.Error(); err != nil {
 			return nil, err

@@ -98,7 +98,7 @@ func (s *clusterServer) Partitions(ctx context.Context, req *qv1.PartitionsReque
 		_ = eachPartition(ctx, parts, func(ctx context.Context, p uint32, _ bool) error {
 			info := &qv1.PartitionInfo{Queue: q.GetName(), Partition: p}
 			for _, r := range q.GetPartitions()[p].GetReplicas() {
-				info.Replicas = append(info.Replicas, &qv1.ReplicaInfo{NodeId: r.GetNodeId(), Voter: r.GetVoter()})
+				info.Replicas = append(info.Replicas, &qv1.ReplicaInfo{NodeId: r.GetNodeId(), Voter: r.GetVoter(), Leaving: r.GetLeaving(), CatchingUp: !r.GetVoter()})
 			}
 			if r, err := s.n.readPartition(ctx, q, p, &peerv1.ReadRequest{}); err == nil {
 				info.Leader, info.Term, info.CommitIndex, info.AppliedIndex = r.GetLeaderId(), r.GetTerm(), r.GetCommitIndex(), r.GetAppliedIndex()

@@ -2555,6 +2555,10 @@ type ReplicaInfo struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	Voter  bool                   `protobuf:"varint,2,opt,name=voter,proto3" json:"voter,omitempty"`
+	// leaving: to be removed once its replacement is a caught-up voter.
+	Leaving bool `protobuf:"varint,5,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	// catching_up: a new replica, not yet a voter (a move in progress).
+	CatchingUp bool `protobuf:"varint,6,opt,name=catching_up,json=catchingUp,proto3" json:"catching_up,omitempty"`
 	// match_index and lag as the leader sees them (lag = leader last index - match).
 	MatchIndex    uint64 `protobuf:"varint,3,opt,name=match_index,json=matchIndex,proto3" json:"match_index,omitempty"`
 	Lag           uint64 `protobuf:"varint,4,opt,name=lag,proto3" json:"lag,omitempty"`
@@ -2602,6 +2606,20 @@ func (x *ReplicaInfo) GetNodeId() string {
 func (x *ReplicaInfo) GetVoter() bool {
 	if x != nil {
 		return x.Voter
+	}
+	return false
+}
+
+func (x *ReplicaInfo) GetLeaving() bool {
+	if x != nil {
+		return x.Leaving
+	}
+	return false
+}
+
+func (x *ReplicaInfo) GetCatchingUp() bool {
+	if x != nil {
+		return x.CatchingUp
 	}
 	return false
 }
@@ -2944,6 +2962,282 @@ func (x *TransferLeadershipResponse) GetLeader() string {
 	return ""
 }
 
+type DrainNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Cancel        bool                   `protobuf:"varint,2,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeRequest) Reset() {
+	*x = DrainNodeRequest{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeRequest) ProtoMessage() {}
+
+func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
+func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *DrainNodeRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *DrainNodeRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+type DrainNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// replicas: how many replicas the node still hosts.
+	Replicas      uint32 `protobuf:"varint,1,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeResponse) Reset() {
+	*x = DrainNodeResponse{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeResponse) ProtoMessage() {}
+
+func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
+func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *DrainNodeResponse) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+type RemoveNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeRequest) Reset() {
+	*x = RemoveNodeRequest{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeRequest) ProtoMessage() {}
+
+func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
+func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *RemoveNodeRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type RemoveNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeResponse) Reset() {
+	*x = RemoveNodeResponse{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeResponse) ProtoMessage() {}
+
+func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
+func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{49}
+}
+
+type RebalanceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RebalanceRequest) Reset() {
+	*x = RebalanceRequest{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebalanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebalanceRequest) ProtoMessage() {}
+
+func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
+func (*RebalanceRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{50}
+}
+
+type RebalanceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// moves: replicas marked to move by this call.
+	Moves uint32 `protobuf:"varint,1,opt,name=moves,proto3" json:"moves,omitempty"`
+	// leader_changes: partitions whose preferred leader changed.
+	LeaderChanges uint32 `protobuf:"varint,2,opt,name=leader_changes,json=leaderChanges,proto3" json:"leader_changes,omitempty"`
+	// leaders_transferred: leaderships handed to the preferred leader now.
+	LeadersTransferred uint32 `protobuf:"varint,3,opt,name=leaders_transferred,json=leadersTransferred,proto3" json:"leaders_transferred,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *RebalanceResponse) Reset() {
+	*x = RebalanceResponse{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebalanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebalanceResponse) ProtoMessage() {}
+
+func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
+func (*RebalanceResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *RebalanceResponse) GetMoves() uint32 {
+	if x != nil {
+		return x.Moves
+	}
+	return 0
+}
+
+func (x *RebalanceResponse) GetLeaderChanges() uint32 {
+	if x != nil {
+		return x.LeaderChanges
+	}
+	return 0
+}
+
+func (x *RebalanceResponse) GetLeadersTransferred() uint32 {
+	if x != nil {
+		return x.LeadersTransferred
+	}
+	return 0
+}
+
 var File_quorumq_v1_quorumq_proto protoreflect.FileDescriptor
 
 const file_quorumq_v1_quorumq_proto_rawDesc = "" +
@@ -3150,10 +3444,13 @@ const file_quorumq_v1_quorumq_proto_rawDesc = "" +
 	"\rcatalog_state\x18\t \x01(\tR\fcatalogState\"\x10\n" +
 	"\x0eMembersRequest\"?\n" +
 	"\x0fMembersResponse\x12,\n" +
-	"\amembers\x18\x01 \x03(\v2\x12.quorumq.v1.MemberR\amembers\"o\n" +
+	"\amembers\x18\x01 \x03(\v2\x12.quorumq.v1.MemberR\amembers\"\xaa\x01\n" +
 	"\vReplicaInfo\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
-	"\x05voter\x18\x02 \x01(\bR\x05voter\x12\x1f\n" +
+	"\x05voter\x18\x02 \x01(\bR\x05voter\x12\x18\n" +
+	"\aleaving\x18\x05 \x01(\bR\aleaving\x12\x1f\n" +
+	"\vcatching_up\x18\x06 \x01(\bR\n" +
+	"catchingUp\x12\x1f\n" +
 	"\vmatch_index\x18\x03 \x01(\x04R\n" +
 	"matchIndex\x12\x10\n" +
 	"\x03lag\x18\x04 \x01(\x04R\x03lag\"\xda\x02\n" +
@@ -3181,7 +3478,20 @@ const file_quorumq_v1_quorumq_proto_rawDesc = "" +
 	"\tpartition\x18\x02 \x01(\rR\tpartition\x12\x0e\n" +
 	"\x02to\x18\x03 \x01(\tR\x02to\"4\n" +
 	"\x1aTransferLeadershipResponse\x12\x16\n" +
-	"\x06leader\x18\x01 \x01(\tR\x06leader*\x9c\x01\n" +
+	"\x06leader\x18\x01 \x01(\tR\x06leader\"C\n" +
+	"\x10DrainNodeRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06cancel\x18\x02 \x01(\bR\x06cancel\"/\n" +
+	"\x11DrainNodeResponse\x12\x1a\n" +
+	"\breplicas\x18\x01 \x01(\rR\breplicas\",\n" +
+	"\x11RemoveNodeRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\x14\n" +
+	"\x12RemoveNodeResponse\"\x12\n" +
+	"\x10RebalanceRequest\"\x81\x01\n" +
+	"\x11RebalanceResponse\x12\x14\n" +
+	"\x05moves\x18\x01 \x01(\rR\x05moves\x12%\n" +
+	"\x0eleader_changes\x18\x02 \x01(\rR\rleaderChanges\x12/\n" +
+	"\x13leaders_transferred\x18\x03 \x01(\rR\x12leadersTransferred*\x9c\x01\n" +
 	"\rReceiptStatus\x12\x1e\n" +
 	"\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11RECEIPT_STATUS_OK\x10\x01\x12\x18\n" +
@@ -3202,13 +3512,17 @@ const file_quorumq_v1_quorumq_proto_rawDesc = "" +
 	"\x06Reject\x12\x19.quorumq.v1.RejectRequest\x1a\x1a.quorumq.v1.RejectResponse\x12Z\n" +
 	"\x0fListDeadLetters\x12\".quorumq.v1.ListDeadLettersRequest\x1a#.quorumq.v1.ListDeadLettersResponse\x12B\n" +
 	"\aRedrive\x12\x1a.quorumq.v1.RedriveRequest\x1a\x1b.quorumq.v1.RedriveResponse\x12<\n" +
-	"\x05Purge\x12\x18.quorumq.v1.PurgeRequest\x1a\x19.quorumq.v1.PurgeResponse2\xc7\x02\n" +
+	"\x05Purge\x12\x18.quorumq.v1.PurgeRequest\x1a\x19.quorumq.v1.PurgeResponse2\xa8\x04\n" +
 	"\x0eClusterService\x12?\n" +
 	"\x06Status\x12\x19.quorumq.v1.StatusRequest\x1a\x1a.quorumq.v1.StatusResponse\x12B\n" +
 	"\aMembers\x12\x1a.quorumq.v1.MembersRequest\x1a\x1b.quorumq.v1.MembersResponse\x12K\n" +
 	"\n" +
 	"Partitions\x12\x1d.quorumq.v1.PartitionsRequest\x1a\x1e.quorumq.v1.PartitionsResponse\x12c\n" +
-	"\x12TransferLeadership\x12%.quorumq.v1.TransferLeadershipRequest\x1a&.quorumq.v1.TransferLeadershipResponseB7Z5github.com/quorumq/quorumq/proto/quorumq/v1;quorumqv1b\x06proto3"
+	"\x12TransferLeadership\x12%.quorumq.v1.TransferLeadershipRequest\x1a&.quorumq.v1.TransferLeadershipResponse\x12H\n" +
+	"\tDrainNode\x12\x1c.quorumq.v1.DrainNodeRequest\x1a\x1d.quorumq.v1.DrainNodeResponse\x12K\n" +
+	"\n" +
+	"RemoveNode\x12\x1d.quorumq.v1.RemoveNodeRequest\x1a\x1e.quorumq.v1.RemoveNodeResponse\x12H\n" +
+	"\tRebalance\x12\x1c.quorumq.v1.RebalanceRequest\x1a\x1d.quorumq.v1.RebalanceResponseB7Z5github.com/quorumq/quorumq/proto/quorumq/v1;quorumqv1b\x06proto3"
 
 var (
 	file_quorumq_v1_quorumq_proto_rawDescOnce sync.Once
@@ -3223,7 +3537,7 @@ func file_quorumq_v1_quorumq_proto_rawDescGZIP() []byte {
 }
 
 var file_quorumq_v1_quorumq_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_quorumq_v1_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_quorumq_v1_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_quorumq_v1_quorumq_proto_goTypes = []any{
 	(ReceiptStatus)(0),                 // 0: quorumq.v1.ReceiptStatus
 	(*LeaderHint)(nil),                 // 1: quorumq.v1.LeaderHint
@@ -3272,44 +3586,50 @@ var file_quorumq_v1_quorumq_proto_goTypes = []any{
 	(*PartitionsResponse)(nil),         // 44: quorumq.v1.PartitionsResponse
 	(*TransferLeadershipRequest)(nil),  // 45: quorumq.v1.TransferLeadershipRequest
 	(*TransferLeadershipResponse)(nil), // 46: quorumq.v1.TransferLeadershipResponse
-	nil,                                // 47: quorumq.v1.Message.HeadersEntry
-	nil,                                // 48: quorumq.v1.ReceivedMessage.HeadersEntry
-	nil,                                // 49: quorumq.v1.DeadLetter.HeadersEntry
-	(*durationpb.Duration)(nil),        // 50: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 51: google.protobuf.Timestamp
+	(*DrainNodeRequest)(nil),           // 47: quorumq.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),          // 48: quorumq.v1.DrainNodeResponse
+	(*RemoveNodeRequest)(nil),          // 49: quorumq.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),         // 50: quorumq.v1.RemoveNodeResponse
+	(*RebalanceRequest)(nil),           // 51: quorumq.v1.RebalanceRequest
+	(*RebalanceResponse)(nil),          // 52: quorumq.v1.RebalanceResponse
+	nil,                                // 53: quorumq.v1.Message.HeadersEntry
+	nil,                                // 54: quorumq.v1.ReceivedMessage.HeadersEntry
+	nil,                                // 55: quorumq.v1.DeadLetter.HeadersEntry
+	(*durationpb.Duration)(nil),        // 56: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 57: google.protobuf.Timestamp
 }
 var file_quorumq_v1_quorumq_proto_depIdxs = []int32{
-	50, // 0: quorumq.v1.QueueSettings.visibility_timeout:type_name -> google.protobuf.Duration
-	50, // 1: quorumq.v1.QueueSettings.dedup_window:type_name -> google.protobuf.Duration
-	50, // 2: quorumq.v1.QueueSettings.retention:type_name -> google.protobuf.Duration
-	50, // 3: quorumq.v1.QueueStats.oldest_ready_age:type_name -> google.protobuf.Duration
+	56, // 0: quorumq.v1.QueueSettings.visibility_timeout:type_name -> google.protobuf.Duration
+	56, // 1: quorumq.v1.QueueSettings.dedup_window:type_name -> google.protobuf.Duration
+	56, // 2: quorumq.v1.QueueSettings.retention:type_name -> google.protobuf.Duration
+	56, // 3: quorumq.v1.QueueStats.oldest_ready_age:type_name -> google.protobuf.Duration
 	2,  // 4: quorumq.v1.Queue.settings:type_name -> quorumq.v1.QueueSettings
-	51, // 5: quorumq.v1.Queue.created_at:type_name -> google.protobuf.Timestamp
+	57, // 5: quorumq.v1.Queue.created_at:type_name -> google.protobuf.Timestamp
 	3,  // 6: quorumq.v1.Queue.stats:type_name -> quorumq.v1.QueueStats
 	2,  // 7: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.v1.QueueSettings
 	4,  // 8: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.v1.Queue
 	4,  // 9: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.v1.Queue
 	4,  // 10: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.v1.Queue
-	47, // 11: quorumq.v1.Message.headers:type_name -> quorumq.v1.Message.HeadersEntry
-	50, // 12: quorumq.v1.Message.delay:type_name -> google.protobuf.Duration
+	53, // 11: quorumq.v1.Message.headers:type_name -> quorumq.v1.Message.HeadersEntry
+	56, // 12: quorumq.v1.Message.delay:type_name -> google.protobuf.Duration
 	13, // 13: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.v1.Message
 	15, // 14: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.v1.EnqueueResult
-	50, // 15: quorumq.v1.ReceiveRequest.wait:type_name -> google.protobuf.Duration
-	50, // 16: quorumq.v1.ReceiveRequest.visibility_timeout:type_name -> google.protobuf.Duration
-	48, // 17: quorumq.v1.ReceivedMessage.headers:type_name -> quorumq.v1.ReceivedMessage.HeadersEntry
-	51, // 18: quorumq.v1.ReceivedMessage.enqueued_at:type_name -> google.protobuf.Timestamp
-	51, // 19: quorumq.v1.ReceivedMessage.lease_deadline:type_name -> google.protobuf.Timestamp
+	56, // 15: quorumq.v1.ReceiveRequest.wait:type_name -> google.protobuf.Duration
+	56, // 16: quorumq.v1.ReceiveRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	54, // 17: quorumq.v1.ReceivedMessage.headers:type_name -> quorumq.v1.ReceivedMessage.HeadersEntry
+	57, // 18: quorumq.v1.ReceivedMessage.enqueued_at:type_name -> google.protobuf.Timestamp
+	57, // 19: quorumq.v1.ReceivedMessage.lease_deadline:type_name -> google.protobuf.Timestamp
 	18, // 20: quorumq.v1.ReceiveResponse.messages:type_name -> quorumq.v1.ReceivedMessage
 	0,  // 21: quorumq.v1.ReceiptResult.status:type_name -> quorumq.v1.ReceiptStatus
 	20, // 22: quorumq.v1.AckResponse.results:type_name -> quorumq.v1.ReceiptResult
-	50, // 23: quorumq.v1.RequeueRequest.delay:type_name -> google.protobuf.Duration
+	56, // 23: quorumq.v1.RequeueRequest.delay:type_name -> google.protobuf.Duration
 	20, // 24: quorumq.v1.RequeueResponse.results:type_name -> quorumq.v1.ReceiptResult
-	50, // 25: quorumq.v1.ExtendLeaseRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	56, // 25: quorumq.v1.ExtendLeaseRequest.visibility_timeout:type_name -> google.protobuf.Duration
 	20, // 26: quorumq.v1.ExtendLeaseResponse.results:type_name -> quorumq.v1.ReceiptResult
 	20, // 27: quorumq.v1.RejectResponse.results:type_name -> quorumq.v1.ReceiptResult
-	49, // 28: quorumq.v1.DeadLetter.headers:type_name -> quorumq.v1.DeadLetter.HeadersEntry
-	51, // 29: quorumq.v1.DeadLetter.enqueued_at:type_name -> google.protobuf.Timestamp
-	51, // 30: quorumq.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
+	55, // 28: quorumq.v1.DeadLetter.headers:type_name -> quorumq.v1.DeadLetter.HeadersEntry
+	57, // 29: quorumq.v1.DeadLetter.enqueued_at:type_name -> google.protobuf.Timestamp
+	57, // 30: quorumq.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
 	29, // 31: quorumq.v1.ListDeadLettersResponse.dead_letters:type_name -> quorumq.v1.DeadLetter
 	38, // 32: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
 	41, // 33: quorumq.v1.PartitionInfo.replicas:type_name -> quorumq.v1.ReplicaInfo
@@ -3332,25 +3652,31 @@ var file_quorumq_v1_quorumq_proto_depIdxs = []int32{
 	39, // 50: quorumq.v1.ClusterService.Members:input_type -> quorumq.v1.MembersRequest
 	43, // 51: quorumq.v1.ClusterService.Partitions:input_type -> quorumq.v1.PartitionsRequest
 	45, // 52: quorumq.v1.ClusterService.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
-	6,  // 53: quorumq.v1.QueueService.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
-	8,  // 54: quorumq.v1.QueueService.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
-	10, // 55: quorumq.v1.QueueService.GetQueue:output_type -> quorumq.v1.GetQueueResponse
-	12, // 56: quorumq.v1.QueueService.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
-	16, // 57: quorumq.v1.QueueService.Enqueue:output_type -> quorumq.v1.EnqueueResponse
-	19, // 58: quorumq.v1.QueueService.Receive:output_type -> quorumq.v1.ReceiveResponse
-	22, // 59: quorumq.v1.QueueService.Ack:output_type -> quorumq.v1.AckResponse
-	24, // 60: quorumq.v1.QueueService.Requeue:output_type -> quorumq.v1.RequeueResponse
-	26, // 61: quorumq.v1.QueueService.ExtendLease:output_type -> quorumq.v1.ExtendLeaseResponse
-	28, // 62: quorumq.v1.QueueService.Reject:output_type -> quorumq.v1.RejectResponse
-	31, // 63: quorumq.v1.QueueService.ListDeadLetters:output_type -> quorumq.v1.ListDeadLettersResponse
-	33, // 64: quorumq.v1.QueueService.Redrive:output_type -> quorumq.v1.RedriveResponse
-	35, // 65: quorumq.v1.QueueService.Purge:output_type -> quorumq.v1.PurgeResponse
-	37, // 66: quorumq.v1.ClusterService.Status:output_type -> quorumq.v1.StatusResponse
-	40, // 67: quorumq.v1.ClusterService.Members:output_type -> quorumq.v1.MembersResponse
-	44, // 68: quorumq.v1.ClusterService.Partitions:output_type -> quorumq.v1.PartitionsResponse
-	46, // 69: quorumq.v1.ClusterService.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
-	53, // [53:70] is the sub-list for method output_type
-	36, // [36:53] is the sub-list for method input_type
+	47, // 53: quorumq.v1.ClusterService.DrainNode:input_type -> quorumq.v1.DrainNodeRequest
+	49, // 54: quorumq.v1.ClusterService.RemoveNode:input_type -> quorumq.v1.RemoveNodeRequest
+	51, // 55: quorumq.v1.ClusterService.Rebalance:input_type -> quorumq.v1.RebalanceRequest
+	6,  // 56: quorumq.v1.QueueService.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
+	8,  // 57: quorumq.v1.QueueService.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
+	10, // 58: quorumq.v1.QueueService.GetQueue:output_type -> quorumq.v1.GetQueueResponse
+	12, // 59: quorumq.v1.QueueService.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
+	16, // 60: quorumq.v1.QueueService.Enqueue:output_type -> quorumq.v1.EnqueueResponse
+	19, // 61: quorumq.v1.QueueService.Receive:output_type -> quorumq.v1.ReceiveResponse
+	22, // 62: quorumq.v1.QueueService.Ack:output_type -> quorumq.v1.AckResponse
+	24, // 63: quorumq.v1.QueueService.Requeue:output_type -> quorumq.v1.RequeueResponse
+	26, // 64: quorumq.v1.QueueService.ExtendLease:output_type -> quorumq.v1.ExtendLeaseResponse
+	28, // 65: quorumq.v1.QueueService.Reject:output_type -> quorumq.v1.RejectResponse
+	31, // 66: quorumq.v1.QueueService.ListDeadLetters:output_type -> quorumq.v1.ListDeadLettersResponse
+	33, // 67: quorumq.v1.QueueService.Redrive:output_type -> quorumq.v1.RedriveResponse
+	35, // 68: quorumq.v1.QueueService.Purge:output_type -> quorumq.v1.PurgeResponse
+	37, // 69: quorumq.v1.ClusterService.Status:output_type -> quorumq.v1.StatusResponse
+	40, // 70: quorumq.v1.ClusterService.Members:output_type -> quorumq.v1.MembersResponse
+	44, // 71: quorumq.v1.ClusterService.Partitions:output_type -> quorumq.v1.PartitionsResponse
+	46, // 72: quorumq.v1.ClusterService.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
+	48, // 73: quorumq.v1.ClusterService.DrainNode:output_type -> quorumq.v1.DrainNodeResponse
+	50, // 74: quorumq.v1.ClusterService.RemoveNode:output_type -> quorumq.v1.RemoveNodeResponse
+	52, // 75: quorumq.v1.ClusterService.Rebalance:output_type -> quorumq.v1.RebalanceResponse
+	56, // [56:76] is the sub-list for method output_type
+	36, // [36:56] is the sub-list for method input_type
 	36, // [36:36] is the sub-list for extension type_name
 	36, // [36:36] is the sub-list for extension extendee
 	0,  // [0:36] is the sub-list for field type_name
@@ -3368,7 +3694,7 @@ func file_quorumq_v1_quorumq_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quorumq_v1_quorumq_proto_rawDesc), len(file_quorumq_v1_quorumq_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   49,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
