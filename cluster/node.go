@@ -36,7 +36,7 @@ type Node struct {
 	// removed: this node learnt it was removed and left gossip (touched
 	// only by replicaLoop).
 	removed bool
-	dir      *storage.Dir
+	dir     *storage.Dir
 	// shared holds the Raft log and stable store of every partition group
 	// of this node, so that one fsync commits the appends of many groups.
 	shared *storage.SharedLog
