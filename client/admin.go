@@ -239,3 +239,35 @@ func (c *Client) TransferLeadership(ctx context.Context, queue string, partition
 	c.refreshSoon()
 	return resp.GetLeader(), nil
 }
+
+// DrainNode marks node draining: the cluster moves its replicas and
+// leaderships to other nodes while it keeps serving (cancel: stop
+// draining). It returns how many replicas the node still hosts.
+func (c *Client) DrainNode(ctx context.Context, node string, cancel bool) (uint32, error) {
+	var resp *qv1.DrainNodeResponse
+	err := c.invoke(ctx, anyNode("DrainNode", true), func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = qv1.NewClusterServiceClient(cc).DrainNode(ctx, &qv1.DrainNodeRequest{NodeId: node, Cancel: cancel})
+		return err
+	})
+	return resp.GetReplicas(), err
+}
+
+// RemoveNode takes a node that hosts no replica out of the cluster for
+// good; it is refused while the node still hosts a replica.
+func (c *Client) RemoveNode(ctx context.Context, node string) error {
+	return c.invoke(ctx, anyNode("RemoveNode", true), func(ctx context.Context, cc *grpc.ClientConn) error {
+		_, err := qv1.NewClusterServiceClient(cc).RemoveNode(ctx, &qv1.RemoveNodeRequest{NodeId: node})
+		return err
+	})
+}
+
+// Rebalance plans replica moves and leadership changes that even out the
+// healthy nodes' load; the moves run in the background.
+func (c *Client) Rebalance(ctx context.Context) (*qv1.RebalanceResponse, error) {
+	var resp *qv1.RebalanceResponse
+	err := c.invoke(ctx, anyNode("Rebalance", true), func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = qv1.NewClusterServiceClient(cc).Rebalance(ctx, &qv1.RebalanceRequest{})
+		return err
+	})
+	return resp, err
+}

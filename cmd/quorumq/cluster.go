@@ -15,8 +15,11 @@ func (a *app) clusterCmd() *cobra.Command {
 		`  quorumq cluster status
   quorumq cluster members
   quorumq cluster partitions --queue demo
-  quorumq cluster transfer-leader demo 0 --to dev2`,
-		a.clusterStatusCmd(), a.clusterMembersCmd(), a.clusterPartitionsCmd(), a.clusterTransferCmd())
+  quorumq cluster transfer-leader demo 0 --to dev2
+  quorumq cluster drain dev3 && quorumq cluster remove dev3
+  quorumq cluster rebalance`,
+		a.clusterStatusCmd(), a.clusterMembersCmd(), a.clusterPartitionsCmd(), a.clusterTransferCmd(),
+		a.clusterDrainCmd(), a.clusterRemoveCmd(), a.clusterRebalanceCmd())
 }
 
 func (a *app) clusterStatusCmd() *cobra.Command {
@@ -99,7 +102,8 @@ func (a *app) clusterPartitionsCmd() *cobra.Command {
 		Use:   "partitions",
 		Short: "List partitions: leader, Raft indexes, replicas and counts",
 		Long: `List partitions with their leader, term, commit and applied index, replicas
-(with lag as the leader sees it; "+" marks a non-voter) and message counts.
+("+" marks a new replica catching up, "-" one leaving: a move in progress)
+and message counts.
 With -o json, one PartitionInfo per line.`,
 		Example: `  quorumq cluster partitions
   quorumq cluster partitions --queue demo`,
@@ -130,6 +134,9 @@ With -o json, one PartitionInfo per line.`,
 					s := r.GetNodeId()
 					if !r.GetVoter() {
 						s += "+"
+					}
+					if r.GetLeaving() {
+						s += "-"
 					}
 					if r.GetLag() > 0 {
 						s += fmt.Sprintf("(lag %d)", r.GetLag())

@@ -25,7 +25,7 @@ const stopTimeout = 30 * time.Second
 // of the config file alike.
 var serverKeys = []string{
 	"node-id", "data-dir", "client-addr", "peer-addr", "gossip-addr", "http-addr",
-	"advertise-host", "join", "bootstrap-expect", "zone",
+	"advertise-host", "join", "bootstrap-expect", "zone", "replace-after",
 }
 
 // serverFlags holds the server command's flags.
@@ -41,6 +41,7 @@ type serverFlags struct {
 	join            []string
 	bootstrapExpect int
 	zone            string
+	replaceAfter    time.Duration
 }
 
 func (s *serverFlags) register(fs *pflag.FlagSet) {
@@ -55,6 +56,7 @@ func (s *serverFlags) register(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&s.join, "join", nil, "gossip addresses or DNS names of nodes to join, comma-separated")
 	fs.IntVar(&s.bootstrapExpect, "bootstrap-expect", 0, "form a new cluster once this many fresh nodes see each other (0 = only join)")
 	fs.StringVar(&s.zone, "zone", "", "failure zone (rack, availability zone) for replica placement")
+	fs.DurationVar(&s.replaceAfter, "replace-after", cluster.DefaultReplaceAfter, "move the replicas of a node unreachable this long to live nodes (negative: never)")
 }
 
 // load completes the flags that the command line left alone from the
@@ -102,6 +104,7 @@ func (s *serverFlags) clusterConfig() (cluster.Config, error) {
 		Join:            join,
 		BootstrapExpect: s.bootstrapExpect,
 		Zone:            s.zone,
+		ReplaceAfter:    s.replaceAfter,
 	}, nil
 }
 
