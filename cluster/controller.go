@@ -209,6 +209,36 @@ func (c *controller) reconcileRaft(members []Member) error {
 	}
 	maxVoters := controllerVoters(alive)
 	var errs []error
+	// A voter gone for ReplaceAfter is removed (the live voters keep their
+	// majority) when a live node can take its vote (added below) or three
+	// voters remain anyway.
+	spare := 0
+	for _, m := range members {
+		if s, ok := in[raft.ServerID(m.ID)]; m.State == "alive" && (!ok || s.Suffrage != raft.Voter) {
+			spare++
+		}
+	}
+	if after := c.n.cfg.ReplaceAfter; after >= 0 {
+		byID := map[string]Member{}
+		for _, m := range members {
+			byID[m.ID] = m
+		}
+		for id, s := range in {
+			m, seen := byID[string(id)]
+			gone := (seen && m.State != "alive" && time.Since(m.Since) >= after) || (!seen && time.Since(c.leaderSince) >= after)
+			if s.Suffrage != raft.Voter || !gone || id == c.g.id || (spare == 0 && voters-1 < 3) {
+				continue
+			}
+			c.log.Warn("controller voter gone: replacing it", "node", id)
+			if err := c.g.raft.RemoveServer(id, 0, 5*time.Second).Error(); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			delete(in, id)
+			voters--
+			spare--
+		}
+	}
 	// Nodes removed from the catalogue leave the group for good.
 	removed := map[string]bool{}
 	for _, n := range c.nodes() {

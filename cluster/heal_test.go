@@ -121,10 +121,16 @@ func TestReplaceDeadNode(t *testing.T) {
 	live := map[string]bool{"n1": true, "n2": true, "n3": true, "n4": true, "n5": true}
 	c.waitFor("every partition led", 20*time.Second, func() bool { return c.fullyReplicated("heal", 3, live) })
 
-	// The victim: a node that is not the controller leader.
-	victim := 4
-	for c.nodes[victim].ctrl.g.raft.State() == raft.Leader {
-		victim--
+	// The victim: a controller voter that is not its leader, so that the
+	// controller group must heal too.
+	victim := -1
+	for i, n := range c.nodes {
+		if n.ctrl.g.raft.State() != raft.Leader && slices.Contains(c.nodes[0].ctrl.voterIDs(), n.ID()) {
+			victim = i
+		}
+	}
+	if victim < 0 {
+		t.Fatalf("no controller voter besides the leader: %v", c.nodes[0].ctrl.voterIDs())
 	}
 	via := (victim + 1) % 5
 	stop := make(chan struct{})
@@ -135,6 +141,16 @@ func TestReplaceDeadNode(t *testing.T) {
 	delete(live, fmt.Sprintf("n%d", victim+1))
 	c.waitFor("every partition back to 3 voters on live nodes", 90*time.Second, func() bool { return c.fullyReplicated("heal", 3, live) })
 	t.Logf("full replication %v after the crash", time.Since(start))
+	// The controller group heals too: at least three voters, all live.
+	c.waitFor("only live controller voters", 30*time.Second, func() bool {
+		ids := c.nodes[via].ctrl.voterIDs()
+		for _, id := range ids {
+			if !live[id] {
+				return false
+			}
+		}
+		return len(ids) >= 3
+	})
 	close(stop)
 	acked := done()
 

@@ -1,0 +1,141 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quorumq/quorumq/test/netns"
+)
+
+// The chaos runs need root and network namespaces; without them they
+// skip, unless QUORUMQ_NETNS_REQUIRED=1 (CI) makes that a failure.
+//
+//	go test ./test/chaos -run Short                   # the CI run, a few minutes
+//	QUORUMQ_CHAOS=full go test ./test/chaos -run Full -timeout 2h   # make chaos
+//
+// QUORUMQ_CHAOS_SEED replays one seed; QUORUMQ_CHAOS_DIR keeps the run
+// folders (history, timeline, verdict) somewhere lasting.
+
+func buildQuorumq(t *testing.T) string {
+	t.Helper()
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "quorumq")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/quorumq")
+	cmd.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func runDir(t *testing.T) string {
+	if d := os.Getenv("QUORUMQ_CHAOS_DIR"); d != "" {
+		return d
+	}
+	return t.TempDir()
+}
+
+func seeds(t *testing.T, n int) []uint64 {
+	if s := os.Getenv("QUORUMQ_CHAOS_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("QUORUMQ_CHAOS_SEED=%q: %v", s, err)
+		}
+		return []uint64{v}
+	}
+	out := make([]uint64, n)
+	base := uint64(time.Now().UnixNano())
+	for i := range out {
+		out[i] = base + uint64(i)*7919
+	}
+	return out
+}
+
+// run runs one seed and fails t on any violation.
+func run(t *testing.T, cfg Config) *Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	var out strings.Builder
+	cfg.Out = &out
+	t.Logf("chaos seed %d (replay: QUORUMQ_CHAOS_SEED=%d)", cfg.Seed, cfg.Seed)
+	res, err := Run(ctx, cfg)
+	if errors.Is(err, netns.ErrUnavailable) {
+		if os.Getenv("QUORUMQ_NETNS_REQUIRED") == "1" {
+			t.Fatalf("network namespaces required: %v", err)
+		}
+		t.Skipf("network namespaces unavailable: %v", err)
+	}
+	t.Log("\n" + out.String())
+	if err != nil {
+		t.Fatalf("chaos run: %v", err)
+	}
+	if !res.OK() {
+		logTail(t, res.Dir)
+		t.Fatalf("chaos seed %d found a violation; see %s", cfg.Seed, res.Dir)
+	}
+	return res
+}
+
+// logTail shows the end of every node's log of a failed run.
+func logTail(t *testing.T, dir string) {
+	logs, _ := filepath.Glob(filepath.Join(dir, "nodes", "*.log"))
+	for _, l := range logs {
+		b, _ := os.ReadFile(l)
+		if len(b) > 4000 {
+			b = b[len(b)-4000:]
+		}
+		t.Logf("--- %s (tail)\n%s", l, b)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "timeline.log")); err == nil {
+		t.Logf("--- timeline\n%s", b)
+	}
+}
+
+// TestChaosShort is the CI run: kill a leader, isolate a leader, pause a
+// node, under load; nothing acknowledged may be lost.
+func TestChaosShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos run")
+	}
+	bin := buildQuorumq(t)
+	run(t, Config{Binary: bin, Dir: runDir(t), Seed: seeds(t, 1)[0], Kinds: ShortKinds})
+}
+
+// TestChaosFull is make chaos: every fault kind, several seeds, at least
+// QUORUMQ_CHAOS_MIN (default 30m) in all.
+func TestChaosFull(t *testing.T) {
+	if os.Getenv("QUORUMQ_CHAOS") != "full" {
+		t.Skip("set QUORUMQ_CHAOS=full (make chaos)")
+	}
+	bin := buildQuorumq(t)
+	minimum := 30 * time.Minute
+	if s := os.Getenv("QUORUMQ_CHAOS_MIN"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		minimum = d
+	}
+	start := time.Now()
+	dir := runDir(t)
+	for i := 0; ; i++ {
+		for _, seed := range seeds(t, 1) {
+			run(t, Config{Binary: bin, Dir: dir, Seed: seed + uint64(i), Kinds: AllKinds, Faults: 2 * len(AllKinds)})
+		}
+		if time.Since(start) >= minimum || os.Getenv("QUORUMQ_CHAOS_SEED") != "" {
+			break
+		}
+	}
+	t.Logf("chaos: %v in all", time.Since(start).Round(time.Second))
+}
