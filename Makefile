@@ -7,7 +7,7 @@ GO        ?= go
 PKGS      := ./...
 FUZZTIME  ?= 3m
 
-.PHONY: all build test test-short lint proto proto-check fuzz bench clean image deploy-test chart-test
+.PHONY: all build test test-short lint proto proto-check fuzz bench clean image deploy-test chart-test chaos
 
 all: build
 
@@ -45,6 +45,15 @@ proto-check:
 	else \
 	  echo "warning: protoc not installed, generated code not checked (apt-get install protobuf-compiler)"; \
 	fi
+
+## chaos: the full chaos matrix (every fault kind, several seeds, at least
+## CHAOS_MIN) against real processes in network namespaces; needs root.
+## Run folders (history, timeline, verdict) go to CHAOS_DIR.
+CHAOS_MIN ?= 30m
+CHAOS_DIR ?= chaos-runs
+chaos:
+	QUORUMQ_CHAOS=full QUORUMQ_CHAOS_MIN=$(CHAOS_MIN) QUORUMQ_CHAOS_DIR=$(abspath $(CHAOS_DIR)) QUORUMQ_NETNS_REQUIRED=1 \
+	  $(GO) test ./test/chaos -run TestChaosFull -count=1 -v -timeout 3h
 
 ## fuzz: run every fuzz target of fsm for FUZZTIME each.
 fuzz:

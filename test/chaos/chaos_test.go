@@ -90,6 +90,8 @@ func run(t *testing.T, cfg Config) *Result {
 // logTail shows the end of every node's log of a failed run.
 func logTail(t *testing.T, dir string) {
 	logs, _ := filepath.Glob(filepath.Join(dir, "nodes", "*.log"))
+	more, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	logs = append(logs, more...)
 	for _, l := range logs {
 		b, _ := os.ReadFile(l)
 		if len(b) > 4000 {
