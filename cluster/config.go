@@ -44,6 +44,14 @@ type Config struct {
 	// to live nodes; one back in time simply catches up. Default 5 min.
 	// Negative: never replace automatically.
 	ReplaceAfter time.Duration
+	// BalanceInterval: how often the controller leader evens out
+	// leaderships (when the healthy nodes' leader counts differ by more
+	// than one) and, with AutoRebalance, replicas. Default 1 min;
+	// negative: never.
+	BalanceInterval time.Duration
+	// AutoRebalance: also move replicas to even them out (as `quorumq
+	// cluster rebalance` does), whenever no move is in progress.
+	AutoRebalance bool
 
 	// Raft timing; defaults suit hundreds of groups per node.
 	HeartbeatTimeout time.Duration
@@ -75,6 +83,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ReplaceAfter == 0 {
 		c.ReplaceAfter = DefaultReplaceAfter
+	}
+	if c.BalanceInterval == 0 {
+		c.BalanceInterval = time.Minute
 	}
 	def(&c.ClientAddr, DefaultClientPort, "0.0.0.0")
 	def(&c.PeerAddr, DefaultPeerPort, "")

@@ -114,6 +114,12 @@ func (c *controller) runLeader(ctx context.Context) {
 	c.leaderSince = time.Now()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var balance <-chan time.Time
+	if iv := c.n.cfg.BalanceInterval; iv > 0 {
+		bt := time.NewTicker(iv)
+		defer bt.Stop()
+		balance = bt.C
+	}
 	for {
 		if err := c.reconcile(ctx); err != nil && ctx.Err() == nil {
 			c.log.Warn("reconcile", "err", err)
@@ -123,6 +129,8 @@ func (c *controller) runLeader(ctx context.Context) {
 			return
 		case <-c.n.gossip.changed:
 		case <-tick.C:
+		case <-balance:
+			c.balance(ctx)
 		}
 		if c.g.raft.State() != raft.Leader {
 			return
@@ -319,4 +327,19 @@ func (c *controller) voterIDs() []string {
 func (c *controller) epochKnown() bool {
 	r := c.g.raft
 	return c.g.leaderID() != "" && r.AppliedIndex() > 0 && r.AppliedIndex() >= r.CommitIndex()
+}
+
+// balance evens out leaderships (a few transfers a round, only when the
+// healthy nodes' counts differ by more than one) and, with AutoRebalance
+// and no move in progress, plans replica moves.
+func (c *controller) balance(ctx context.Context) {
+	_, moving := c.replicationHealth()
+	o := rebalanceOpts{moves: c.n.cfg.AutoRebalance && moving == 0, leaders: true, onlyIfUneven: true, maxTransfers: 2}
+	res, err := c.n.rebalance(ctx, o)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		c.log.Info("balance", "err", err)
+	case res != nil && (res.GetMoves() > 0 || res.GetLeaderChanges() > 0):
+		c.log.Info("balance", "moves", res.GetMoves(), "preferred_leader_changes", res.GetLeaderChanges())
+	}
 }

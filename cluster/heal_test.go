@@ -398,3 +398,38 @@ func TestControllerCrashMidMove(t *testing.T) {
 	}
 	t.Logf("%d acknowledged, %d delivered", len(acked), len(got))
 }
+
+// TestLeadersRebalanceAfterRestart: a node that crashed and came back
+// leads nothing; the controller hands leaderships back until the nodes'
+// counts are within one.
+func TestLeadersRebalanceAfterRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-node test")
+	}
+	c := startClusterWith(t, 3, func(cfg *Config) { cfg.BalanceInterval = 500 * time.Millisecond })
+	ctx := ctxT(t, 2*time.Minute)
+	qc, _ := c.client(0)
+	if _, err := qc.CreateQueue(ctx, &qv1.CreateQueueRequest{Name: "lead", Partitions: 6, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	live := map[string]bool{"n1": true, "n2": true, "n3": true}
+	c.waitFor("every partition led", 20*time.Second, func() bool { return c.fullyReplicated("lead", 3, live) })
+	victim := 2
+	if c.nodes[victim].ctrl.g.raft.State() == raft.Leader {
+		victim = 1
+	}
+	c.kill(victim)
+	c.waitFor("the survivors lead every partition", 20*time.Second, func() bool {
+		for p := range uint32(6) {
+			if c.leaderNode("lead", p) < 0 {
+				return false
+			}
+		}
+		return true
+	})
+	c.restart(victim)
+	c.waitFor("leaderships within one", 60*time.Second, func() bool {
+		_, leads := c.spread("lead")
+		return within(leads, 1) && leads[fmt.Sprintf("n%d", victim+1)] > 0
+	})
+}

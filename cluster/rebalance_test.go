@@ -65,7 +65,7 @@ func TestPlanRebalanceLeaders(t *testing.T) {
 	for _, n := range nodes {
 		healthy[n] = true
 	}
-	plan := planRebalance([]*fsmv1.QueueInfo{q}, healthy)
+	plan := planRebalance([]*fsmv1.QueueInfo{q}, healthy, true)
 	_, leads := countAfter(q, plan)
 	if !within(leads, 1) || len(leads) != 5 {
 		t.Fatalf("after the plan: leaders %v", leads)
@@ -84,7 +84,7 @@ func TestPlanRebalanceScaleUp(t *testing.T) {
 	}
 	q := testQueue(parts...)
 	healthy := map[string]bool{"n1": true, "n2": true, "n3": true, "n4": true, "n5": true}
-	plan := planRebalance([]*fsmv1.QueueInfo{q}, healthy)
+	plan := planRebalance([]*fsmv1.QueueInfo{q}, healthy, true)
 	reps, _ := countAfter(q, plan)
 	moves := 0
 	for _, ch := range plan {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -73,25 +74,48 @@ func (s *clusterServer) setNodeState(ctx context.Context, id string, state fsmv1
 // the same way, and hands each partition's leadership to its preferred
 // leader where that replica is a voter.
 func (s *clusterServer) Rebalance(ctx context.Context, _ *qv1.RebalanceRequest) (*qv1.RebalanceResponse, error) {
-	var queues []*fsmv1.QueueInfo
-	var nodes []*fsmv1.NodeInfo
-	s.n.ctrl.read(func(c *fsm.Catalog) { queues, nodes = c.Queues(), c.Nodes() })
+	resp, err := s.n.rebalance(ctx, rebalanceOpts{moves: true, leaders: true})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return resp, nil
+}
+
+// rebalanceOpts says what a rebalance may do.
+type rebalanceOpts struct {
+	moves   bool // mark replicas to move (else only preferred leaders change)
+	leaders bool // hand leaderships to the preferred leaders now
+	// onlyIfUneven: hand leaderships over only if the healthy nodes'
+	// leader counts differ by more than one, and at most maxTransfers.
+	onlyIfUneven bool
+	maxTransfers int
+}
+
+// healthyNodes: alive in gossip and alive in the catalogue.
+func (n *Node) healthyNodes() map[string]bool {
 	healthy := map[string]bool{}
-	for _, m := range s.n.gossip.members() {
+	for _, m := range n.gossip.members() {
 		healthy[m.ID] = m.State == "alive"
 	}
-	for _, n := range nodes {
-		healthy[n.GetId()] = healthy[n.GetId()] && n.GetState() == fsmv1.NodeState_NODE_STATE_ALIVE
+	for _, ni := range n.ctrl.nodes() {
+		healthy[ni.GetId()] = healthy[ni.GetId()] && ni.GetState() == fsmv1.NodeState_NODE_STATE_ALIVE
 	}
-	plan := planRebalance(queues, healthy)
+	return healthy
+}
+
+func (n *Node) rebalance(ctx context.Context, o rebalanceOpts) (*qv1.RebalanceResponse, error) {
+	var queues []*fsmv1.QueueInfo
+	n.ctrl.read(func(c *fsm.Catalog) { queues = c.Queues() })
+	healthy := n.healthyNodes()
+	plan := planRebalance(queues, healthy, o.moves)
 	resp := &qv1.RebalanceResponse{}
 	var errs []error
 	for _, ch := range plan {
-		res, err := s.n.ctrl.propose(ctx, &fsmv1.CatalogCommand{Op: &fsmv1.CatalogCommand_SetAssignment{SetAssignment: &fsmv1.SetAssignment{
+		res, err := n.ctrl.propose(ctx, &fsmv1.CatalogCommand{Op: &fsmv1.CatalogCommand_SetAssignment{SetAssignment: &fsmv1.SetAssignment{
 			Queue: ch.q.GetName(), Partition: ch.a.GetPartition(), ExpectedEpoch: ch.a.GetEpoch(), Replicas: ch.replicas, PreferredLeader: ch.preferred,
 		}}})
-		if err == nil {
-			err = catalogStatus(res)
+		if err == nil && res.Code != fsm.CatalogOK {
+			err = fmt.Errorf("set assignment: %v: %s", res.Code, res.Detail)
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -104,39 +128,97 @@ func (s *clusterServer) Rebalance(ctx context.Context, _ *qv1.RebalanceRequest) 
 			resp.LeaderChanges++
 		}
 	}
-	// Leaderships: every partition whose leader is not its preferred one
-	// (and whose preferred replica is a voter) hands over now.
-	s.n.ctrl.read(func(c *fsm.Catalog) { queues = c.Queues() })
-	for _, q := range queues {
-		for _, a := range q.GetPartitions() {
-			pref := a.GetPreferredLeader()
-			if pref == "" || !healthy[pref] || !slices.ContainsFunc(a.GetReplicas(), func(r *fsmv1.Replica) bool {
-				return r.GetNodeId() == pref && r.GetVoter() && !r.GetLeaving()
-			}) {
-				continue
-			}
-			tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			r, err := onLeader(tctx, s.n, q, a.GetPartition(),
-				func(ctx context.Context, r *replica) (*peerv1.TransferResponse, error) { return r.transfer(ctx, pref) },
-				func(ctx context.Context, node string) (*peerv1.TransferResponse, error) {
-					return s.n.peers.transfer(ctx, node, &peerv1.TransferRequest{Group: groupOf(q, a.GetPartition()), To: pref})
-				})
-			cancel()
-			switch {
-			case err != nil:
-				errs = append(errs, err)
-			case r.GetLeaderId() == pref:
-				resp.LeadersTransferred++
-			}
-		}
+	if o.leaders {
+		resp.LeadersTransferred, errs = n.transferToPreferred(ctx, healthy, o, errs)
 	}
 	if len(errs) > 0 {
-		s.n.log.Warn("rebalance: some steps failed", "err", errors.Join(errs...))
+		n.log.Info("rebalance: some steps failed", "err", errors.Join(errs...))
 	}
-	if len(errs) > 0 && resp.Moves == 0 && resp.LeadersTransferred == 0 {
-		return nil, toStatus(errors.Join(errs...))
+	if len(errs) > 0 && resp.Moves == 0 && resp.LeadersTransferred == 0 && resp.LeaderChanges == 0 {
+		return nil, errors.Join(errs...)
 	}
 	return resp, nil
+}
+
+// transferToPreferred hands each partition's leadership to its preferred
+// leader where that replica is a healthy voter. It returns how many
+// partitions are led by their preferred leader afterwards.
+func (n *Node) transferToPreferred(ctx context.Context, healthy map[string]bool, o rebalanceOpts, errs []error) (uint32, []error) {
+	var queues []*fsmv1.QueueInfo
+	n.ctrl.read(func(c *fsm.Catalog) { queues = c.Queues() })
+	type part struct {
+		q      *fsmv1.QueueInfo
+		a      *fsmv1.PartitionAssignment
+		leader string
+	}
+	var parts []part
+	leads := map[string]int{}
+	for id, ok := range healthy {
+		if ok {
+			leads[id] = 0
+		}
+	}
+	for _, q := range queues {
+		for _, a := range q.GetPartitions() {
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			r, err := n.readPartition(rctx, q, a.GetPartition(), &peerv1.ReadRequest{})
+			cancel()
+			leader := ""
+			if err == nil {
+				leader = r.GetLeaderId()
+			}
+			if _, ok := leads[leader]; ok {
+				leads[leader]++
+			}
+			parts = append(parts, part{q, a, leader})
+		}
+	}
+	if o.onlyIfUneven {
+		lo, hi := -1, 0
+		for _, c := range leads {
+			if lo < 0 || c < lo {
+				lo = c
+			}
+			hi = max(hi, c)
+		}
+		if hi-lo <= 1 {
+			return 0, errs
+		}
+	}
+	var inPlace uint32
+	transfers := 0
+	for _, p := range parts {
+		pref := p.a.GetPreferredLeader()
+		if pref == "" || !healthy[pref] || !slices.ContainsFunc(p.a.GetReplicas(), func(r *fsmv1.Replica) bool {
+			return r.GetNodeId() == pref && r.GetVoter() && !r.GetLeaving()
+		}) {
+			continue
+		}
+		if p.leader == pref {
+			inPlace++
+			continue
+		}
+		if o.onlyIfUneven && (transfers >= o.maxTransfers || leads[p.leader] <= leads[pref]) {
+			continue
+		}
+		transfers++
+		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		r, err := onLeader(tctx, n, p.q, p.a.GetPartition(),
+			func(ctx context.Context, r *replica) (*peerv1.TransferResponse, error) { return r.transfer(ctx, pref) },
+			func(ctx context.Context, node string) (*peerv1.TransferResponse, error) {
+				return n.peers.transfer(ctx, node, &peerv1.TransferRequest{Group: groupOf(p.q, p.a.GetPartition()), To: pref})
+			})
+		cancel()
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case r.GetLeaderId() == pref:
+			inPlace++
+			leads[p.leader]--
+			leads[pref]++
+		}
+	}
+	return inPlace, errs
 }
 
 // rebalanceChange is one assignment a rebalance rewrites.
@@ -155,7 +237,7 @@ type rebalanceChange struct {
 // in progress) is marked leaving; the repair loop moves it. Leaders: each
 // partition's preferred leader becomes, in order, its staying voter with
 // the fewest preferred leaderships so far.
-func planRebalance(queues []*fsmv1.QueueInfo, healthy map[string]bool) []*rebalanceChange {
+func planRebalance(queues []*fsmv1.QueueInfo, healthy map[string]bool, moves bool) []*rebalanceChange {
 	load := map[string]int{}
 	for id, ok := range healthy {
 		if ok {
@@ -200,7 +282,7 @@ func planRebalance(queues []*fsmv1.QueueInfo, healthy map[string]bool) []*rebala
 	// planned: the target each marked replica of a partition is counted
 	// for, so that one partition never plans two replicas onto one node.
 	planned := map[*fsmv1.PartitionAssignment][]string{}
-	for len(load) > 1 {
+	for moves && len(load) > 1 {
 		order := ids()
 		lo, hi := order[0], order[len(order)-1]
 		if load[hi]-load[lo] <= 1 {

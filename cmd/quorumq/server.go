@@ -25,7 +25,7 @@ const stopTimeout = 30 * time.Second
 // of the config file alike.
 var serverKeys = []string{
 	"node-id", "data-dir", "client-addr", "peer-addr", "gossip-addr", "http-addr",
-	"advertise-host", "join", "bootstrap-expect", "zone", "replace-after",
+	"advertise-host", "join", "bootstrap-expect", "zone", "replace-after", "balance-interval", "auto-rebalance",
 }
 
 // serverFlags holds the server command's flags.
@@ -42,6 +42,8 @@ type serverFlags struct {
 	bootstrapExpect int
 	zone            string
 	replaceAfter    time.Duration
+	balanceInterval time.Duration
+	autoRebalance   bool
 }
 
 func (s *serverFlags) register(fs *pflag.FlagSet) {
@@ -57,6 +59,8 @@ func (s *serverFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&s.bootstrapExpect, "bootstrap-expect", 0, "form a new cluster once this many fresh nodes see each other (0 = only join)")
 	fs.StringVar(&s.zone, "zone", "", "failure zone (rack, availability zone) for replica placement")
 	fs.DurationVar(&s.replaceAfter, "replace-after", cluster.DefaultReplaceAfter, "move the replicas of a node unreachable this long to live nodes (negative: never)")
+	fs.DurationVar(&s.balanceInterval, "balance-interval", time.Minute, "how often the controller evens out leaderships (negative: never)")
+	fs.BoolVar(&s.autoRebalance, "auto-rebalance", false, "also move replicas to even them out, as 'quorumq cluster rebalance' does, when no move is in progress")
 }
 
 // load completes the flags that the command line left alone from the
@@ -105,6 +109,8 @@ func (s *serverFlags) clusterConfig() (cluster.Config, error) {
 		BootstrapExpect: s.bootstrapExpect,
 		Zone:            s.zone,
 		ReplaceAfter:    s.replaceAfter,
+		BalanceInterval: s.balanceInterval,
+		AutoRebalance:   s.autoRebalance,
 	}, nil
 }
 
