@@ -433,3 +433,38 @@ func TestLeadersRebalanceAfterRestart(t *testing.T) {
 		return within(leads, 1) && leads[fmt.Sprintf("n%d", victim+1)] > 0
 	})
 }
+
+// TestUnderReplicatedTopsUp: a partition left with fewer replicas than its
+// replication factor (as after a replacement of a lost replica rolled
+// back) gets a new replica. Found by the chaos suite (wipe, then replace).
+func TestUnderReplicatedTopsUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-node test")
+	}
+	c := startCluster(t, 4)
+	ctx := ctxT(t, time.Minute)
+	qc, _ := c.client(0)
+	if _, err := qc.CreateQueue(ctx, &qv1.CreateQueueRequest{Name: "top", Partitions: 1, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	live := map[string]bool{"n1": true, "n2": true, "n3": true, "n4": true}
+	c.waitFor("the partition led", 20*time.Second, func() bool { return c.fullyReplicated("top", 3, live) })
+	q, _ := c.nodes[0].ctrl.queue("top")
+	a := q.GetPartitions()[0]
+	leader := c.nodes[c.leaderNode("top", 0)].ID()
+	var rs []*fsmv1.Replica
+	for _, r := range a.GetReplicas() {
+		if r.GetNodeId() == leader || len(rs) == 1 {
+			rs = append(rs, r)
+		}
+	}
+	if len(rs) != 2 {
+		rs = append(rs, a.GetReplicas()[0])
+	}
+	res, err := c.nodes[0].ctrl.propose(ctx, &fsmv1.CatalogCommand{Op: &fsmv1.CatalogCommand_SetAssignment{SetAssignment: &fsmv1.SetAssignment{
+		Queue: "top", Partition: 0, ExpectedEpoch: a.GetEpoch(), Replicas: rs, PreferredLeader: leader}}})
+	if err != nil || res.Code != fsm.CatalogOK {
+		t.Fatalf("drop a replica: %v %v", res, err)
+	}
+	c.waitFor("three replicas again", 30*time.Second, func() bool { return c.fullyReplicated("top", 3, live) })
+}

@@ -155,7 +155,13 @@ func (s *moveState) start(ctx context.Context, q *fsmv1.QueueInfo, a *fsmv1.Part
 		}
 	}
 	if leaving == nil {
-		return nil
+		// Nothing must go; but a partition with fewer replicas than its
+		// replication factor (a replacement rolled back after the replica
+		// it replaced was already dropped) gets one added.
+		if len(a.GetReplicas()) >= int(q.GetReplicationFactor()) {
+			return nil
+		}
+		why = "under-replicated"
 	}
 	to := s.pickTarget(a)
 	if to == "" {
@@ -164,24 +170,30 @@ func (s *moveState) start(ctx context.Context, q *fsmv1.QueueInfo, a *fsmv1.Part
 	rs := make([]*fsmv1.Replica, 0, len(a.GetReplicas())+1)
 	for _, r := range a.GetReplicas() {
 		r = proto.CloneOf(r)
-		if r.GetNodeId() == leaving.GetNodeId() {
+		if leaving != nil && r.GetNodeId() == leaving.GetNodeId() {
 			r.Leaving = true
 		}
 		rs = append(rs, r)
 	}
 	rs = append(rs, &fsmv1.Replica{NodeId: to, Voter: false})
 	preferred := a.GetPreferredLeader()
-	if preferred == leaving.GetNodeId() {
-		preferred = ""
+	from := ""
+	if leaving != nil {
+		from = leaving.GetNodeId()
+		if preferred == from {
+			preferred = ""
+		}
 	}
 	if err := s.c.setAssignment(ctx, q, a, rs, preferred); err != nil {
 		return err
 	}
-	s.c.log.Info("move started", "queue", q.GetName(), "partition", a.GetPartition(), "from", leaving.GetNodeId(), "to", to, "reason", why)
+	s.c.log.Info("move started", "queue", q.GetName(), "partition", a.GetPartition(), "from", from, "to", to, "reason", why)
 	s.c.n.metrics.movesStarted.Add(1)
 	s.moving++
 	s.target[to]++
-	s.source[leaving.GetNodeId()]++
+	if from != "" {
+		s.source[from]++
+	}
 	s.load[to]++
 	return nil
 }

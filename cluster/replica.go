@@ -350,12 +350,19 @@ func (s *replicaSet) remove(r *replica) {
 	r.log.Info("replica removed")
 }
 
+// stopAll stops every replica, all at once: one replica waiting out a
+// timeout (a configuration change, a peer that does not answer) must not
+// hold the others up.
 func (s *replicaSet) stopAll() {
+	var wg sync.WaitGroup
 	for _, r := range s.all() {
-		if err := r.stop(); err != nil {
-			r.log.Warn("stop replica", "err", err)
-		}
+		wg.Go(func() {
+			if err := r.stop(); err != nil {
+				r.log.Warn("stop replica", "err", err)
+			}
+		})
 	}
+	wg.Wait()
 	s.mu.Lock()
 	s.m = map[groupKey]*replica{}
 	s.mu.Unlock()

@@ -8,6 +8,7 @@ package chaos
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -80,10 +81,17 @@ func Schedule(seed uint64, kinds []Kind, n, nodes int) []Fault {
 type injector struct {
 	c   *netns.Cluster
 	cli *client.Client
+	log io.Writer // the timeline
 	// ids maps a host to the node id it runs as (a replaced node gets a
 	// new one).
 	ids map[int]string
 	gen int
+}
+
+func (in *injector) logf(format string, args ...any) {
+	if in.log != nil {
+		fmt.Fprintf(in.log, format+"\n", args...)
+	}
 }
 
 // hostOf returns the host running node id, or 0.
@@ -212,6 +220,18 @@ func (in *injector) apply(ctx context.Context, queue string, f Fault) error {
 		return restart(a)
 	case RollingRestart:
 		for h := 1; h <= c.Nodes(); h++ {
+			// As an operator (or a StatefulSet with a readiness gate)
+			// would: the next node goes once every partition is fully
+			// replicated again, else a restart may take a majority away.
+			live := map[string]bool{}
+			for _, id := range in.ids {
+				live[id] = true
+			}
+			wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+			if err := waitReplicated(wctx, in.cli, queue, live); err != nil {
+				in.logf("rolling restart: going on without full replication: %v", err)
+			}
+			cancel()
 			sctx, cancel := context.WithTimeout(ctx, 40*time.Second)
 			err := c.Stop(sctx, h)
 			cancel()

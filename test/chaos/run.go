@@ -101,7 +101,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	defer c.Close()
-	in := &injector{c: c, ids: map[int]string{}}
+	in := &injector{c: c, ids: map[int]string{}, log: tl}
 	for h := 1; h <= cfg.Nodes; h++ {
 		in.ids[h] = fmt.Sprintf("n%d", h)
 		if err := c.StartAs(h, in.ids[h]); err != nil {
