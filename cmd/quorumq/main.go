@@ -136,6 +136,7 @@ environment variable QUORUMQ_<NAME>, dashes written as underscores
 		a.clusterCmd(),
 		a.healthCmd(),
 		a.benchCmd(),
+		a.verifyCmd(),
 		a.versionCmd(),
 	)
 	return root

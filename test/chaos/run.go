@@ -147,10 +147,23 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		fmt.Fprintf(tl, "fault %s\n", f)
 		win := window{kind: f.Kind, start: time.Now()}
 		ferr := in.apply(ctx, queue, f)
-		// The fault lasts until the cluster serves again.
+		// The fault lasts until the cluster serves again; one that lost a
+		// node's data lasts until every partition is fully replicated
+		// again: a second loss before that would be a majority's, which
+		// no quorum system survives.
 		rctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 		rerr := c.WaitReady(rctx)
 		cancel()
+		if rerr == nil && (f.Kind == Wipe || f.Kind == Replace) {
+			live := map[string]bool{}
+			for _, id := range in.ids {
+				live[id] = true
+			}
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			rerr = waitReplicated(rctx, cli, queue, live)
+			cancel()
+			fmt.Fprintf(tl, "fully replicated again after %v\n", time.Since(win.start).Round(time.Millisecond))
+		}
 		win.end = time.Now()
 		wins = append(wins, win)
 		if ferr != nil || rerr != nil {
