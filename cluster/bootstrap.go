@@ -76,7 +76,7 @@ func (n *Node) bootstrapChoice() ([]raft.Server, bool) {
 	chosen = chosen[:min(len(chosen), controllerVoters(len(chosen)))]
 	servers := make([]raft.Server, len(chosen))
 	for i, m := range chosen {
-		servers[i] = raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.Peer)}
+		servers[i] = raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.ID), Address: raftAddr(m.Peer, raft.ServerID(m.ID))}
 	}
 	return servers, true
 }

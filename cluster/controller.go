@@ -271,19 +271,19 @@ func (c *controller) reconcileRaft(members []Member) error {
 			}
 		case m.State != "alive" || removed[m.ID]:
 		case !ok && voters < maxVoters:
-			errs = append(errs, c.g.raft.AddVoter(id, raft.ServerAddress(m.Peer), 0, 5*time.Second).Error())
+			errs = append(errs, c.g.raft.AddVoter(id, raftAddr(m.Peer, id), 0, 5*time.Second).Error())
 			voters++
 		case !ok:
-			errs = append(errs, c.g.raft.AddNonvoter(id, raft.ServerAddress(m.Peer), 0, 5*time.Second).Error())
-		case s.Address != raft.ServerAddress(m.Peer):
+			errs = append(errs, c.g.raft.AddNonvoter(id, raftAddr(m.Peer, id), 0, 5*time.Second).Error())
+		case s.Address != raftAddr(m.Peer, id):
 			// Same node, new address (a pod back with a new IP).
 			if s.Suffrage == raft.Voter {
-				errs = append(errs, c.g.raft.AddVoter(id, raft.ServerAddress(m.Peer), 0, 5*time.Second).Error())
+				errs = append(errs, c.g.raft.AddVoter(id, raftAddr(m.Peer, id), 0, 5*time.Second).Error())
 			} else {
-				errs = append(errs, c.g.raft.AddNonvoter(id, raft.ServerAddress(m.Peer), 0, 5*time.Second).Error())
+				errs = append(errs, c.g.raft.AddNonvoter(id, raftAddr(m.Peer, id), 0, 5*time.Second).Error())
 			}
 		case s.Suffrage != raft.Voter && voters < maxVoters:
-			errs = append(errs, c.g.raft.AddVoter(id, raft.ServerAddress(m.Peer), 0, 5*time.Second).Error())
+			errs = append(errs, c.g.raft.AddVoter(id, raftAddr(m.Peer, id), 0, 5*time.Second).Error())
 			voters++
 		}
 	}

@@ -468,3 +468,41 @@ func TestUnderReplicatedTopsUp(t *testing.T) {
 	}
 	c.waitFor("three replicas again", 30*time.Second, func() bool { return c.fullyReplicated("top", 3, live) })
 }
+
+// TestReplacementAtSameAddress: a node dies for good and a new node (new
+// id, empty data) comes up at its address, as a rescheduled pod or a
+// rebuilt machine does; it takes the dead node's replicas although the
+// dead node, at the same address, is still a member until then. Found by
+// the chaos suite: Raft refused "duplicate address in configuration".
+func TestReplacementAtSameAddress(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-node healing test")
+	}
+	c := startClusterWith(t, 3, func(cfg *Config) { cfg.ReplaceAfter = 2 * time.Second })
+	ctx := ctxT(t, 2*time.Minute)
+	qc, _ := c.client(0)
+	if _, err := qc.CreateQueue(ctx, &qv1.CreateQueueRequest{Name: "same", Partitions: 3, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	live := map[string]bool{"n1": true, "n2": true, "n3": true}
+	c.waitFor("every partition led", 20*time.Second, func() bool { return c.fullyReplicated("same", 3, live) })
+	victim := 2
+	if c.nodes[victim].ctrl.g.raft.State() == raft.Leader {
+		victim = 1
+	}
+	old := c.nodes[victim].ID()
+	c.kill(victim)
+	cfg := c.cfgs[victim]
+	cfg.NodeID = old + "b"
+	cfg.DataDir = t.TempDir()
+	cfg.BootstrapExpect = 0
+	cfg.Join = []string{c.nodes[0].GossipAddr()}
+	n, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.nodes[victim] = n
+	delete(live, old)
+	live[cfg.NodeID] = true
+	c.waitFor("the new node to hold the dead one's replicas", 90*time.Second, func() bool { return c.fullyReplicated("same", 3, live) })
+}

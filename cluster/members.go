@@ -73,7 +73,8 @@ func (r *replica) reconcileMembers(ctx context.Context) error {
 		if !ok {
 			continue
 		}
-		want[replicaServerID(rep.GetNodeId(), rep.GetEpoch())] = desiredServer{rep, raft.ServerAddress(info.GetPeerAddr())}
+		id := replicaServerID(rep.GetNodeId(), rep.GetEpoch())
+		want[id] = desiredServer{rep, raftAddr(info.GetPeerAddr(), id)}
 	}
 	if len(want) == 0 {
 		return nil

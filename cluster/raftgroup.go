@@ -217,3 +217,11 @@ func (p peerAddrs) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
 	}
 	return "", fmt.Errorf("no live member %s", node)
 }
+
+// raftAddr is the address a Raft configuration holds for server id on a
+// node whose peer address is peer: the address, tagged with the server id
+// (transport.DialAddress strips the tag), so that a new node at a dead
+// one's address can join a group the dead one is still a member of.
+func raftAddr(peer string, id raft.ServerID) raft.ServerAddress {
+	return raft.ServerAddress(peer + "#" + string(id))
+}

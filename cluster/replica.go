@@ -323,7 +323,8 @@ func (s *replicaSet) start(q *fsmv1.QueueInfo, pa *fsmv1.PartitionAssignment, se
 			if !rep.GetVoter() {
 				suff = raft.Nonvoter
 			}
-			servers = append(servers, raft.Server{Suffrage: suff, ID: replicaServerID(rep.GetNodeId(), rep.GetEpoch()), Address: raft.ServerAddress(info.GetPeerAddr())})
+			sid := replicaServerID(rep.GetNodeId(), rep.GetEpoch())
+			servers = append(servers, raft.Server{Suffrage: suff, ID: sid, Address: raftAddr(info.GetPeerAddr(), sid)})
 		}
 		if err := r.g.bootstrap(servers); err != nil {
 			r.log.Error("bootstrap partition", "err", err)

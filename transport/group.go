@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,12 +71,17 @@ func (l *GroupLayer) Accept() (net.Conn, error) {
 // Dial opens a TCP connection to the peer's peer port (address) and writes
 // this group's header. timeout bounds the connect and the header write.
 // The peer closes the connection if it does not host the group.
+//
+// An address may carry a "#tag" after host:port (DialAddress strips it):
+// Raft refuses two servers with the same address in one configuration,
+// and a replacement node may well come back at its predecessor's address
+// while the predecessor is still a member; the tag keeps them apart.
 func (l *GroupLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	if l.isClosed() {
 		return nil, l.closedErr()
 	}
 	d := net.Dialer{Timeout: timeout}
-	c, err := d.DialContext(l.ctx, "tcp", string(address))
+	c, err := d.DialContext(l.ctx, "tcp", DialAddress(address))
 	if err != nil {
 		return nil, err
 	}
@@ -171,3 +177,13 @@ type advertiseAddr string
 
 func (a advertiseAddr) Network() string { return "tcp" }
 func (a advertiseAddr) String() string  { return string(a) }
+
+// DialAddress is the host:port of a Raft server address, without the
+// "#tag" that may follow it.
+func DialAddress(a raft.ServerAddress) string {
+	s := string(a)
+	if i := strings.IndexByte(s, '#'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
