@@ -293,7 +293,7 @@ func (r *Result) Summary() string {
 		fmt.Fprintf(&b, "  longest unavailability %-16s %v\n", k, r.Unavailable[Kind(k)].Round(time.Millisecond))
 	}
 	if r.Verdict != nil {
-		b.WriteString(r.Verdict.Summary())
+		_ = r.Verdict.WriteText(&b)
 		if !strings.HasSuffix(b.String(), "\n") {
 			b.WriteString("\n")
 		}
