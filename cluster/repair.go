@@ -44,15 +44,14 @@ const targetGrace = 30 * time.Second
 
 // moveState is what one repair round knows of the cluster.
 type moveState struct {
-	c       *controller
-	now     time.Time
-	gossip  map[string]Member
-	nodes   map[string]*fsmv1.NodeInfo
-	load    map[string]int // replicas per node
-	target  map[string]int // moves in progress to a node
-	source  map[string]int // moves in progress off a node
-	moving  int
-	stepped bool // a command was proposed this round
+	c      *controller
+	now    time.Time
+	gossip map[string]Member
+	nodes  map[string]*fsmv1.NodeInfo
+	load   map[string]int // replicas per node
+	target map[string]int // moves in progress to a node
+	source map[string]int // moves in progress off a node
+	moving int
 }
 
 // healthy: the node may take replicas.
