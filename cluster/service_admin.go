@@ -203,16 +203,12 @@ func (n *Node) transferToPreferred(ctx context.Context, healthy map[string]bool,
 		}
 		transfers++
 		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		r, err := onLeader(tctx, n, p.q, p.a.GetPartition(),
-			func(ctx context.Context, r *replica) (*peerv1.TransferResponse, error) { return r.transfer(ctx, pref) },
-			func(ctx context.Context, node string) (*peerv1.TransferResponse, error) {
-				return n.peers.transfer(ctx, node, &peerv1.TransferRequest{Group: groupOf(p.q, p.a.GetPartition()), To: pref})
-			})
+		leader, err := n.transferLeadership(tctx, p.q, p.a.GetPartition(), pref)
 		cancel()
 		switch {
 		case err != nil:
 			errs = append(errs, err)
-		case r.GetLeaderId() == pref:
+		case leader == pref:
 			inPlace++
 			leads[p.leader]--
 			leads[pref]++

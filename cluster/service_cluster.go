@@ -122,19 +122,22 @@ func (s *clusterServer) TransferLeadership(ctx context.Context, req *qv1.Transfe
 	if int(req.GetPartition()) >= len(q.GetPartitions()) {
 		return nil, status.Errorf(codes.InvalidArgument, "queue %q has no partition %d", q.GetName(), req.GetPartition())
 	}
-	p := req.GetPartition()
-	tr := &peerv1.TransferRequest{Group: groupOf(q, p), To: req.GetTo()}
-	resp, err := onLeader(ctx, s.n, q, p,
-		func(ctx context.Context, r *replica) (*peerv1.TransferResponse, error) {
-			return r.transfer(ctx, req.GetTo())
-		},
-		func(ctx context.Context, node string) (*peerv1.TransferResponse, error) {
-			return s.n.peers.transfer(ctx, node, tr)
-		})
+	leader, err := s.n.transferLeadership(ctx, q, req.GetPartition(), req.GetTo())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &qv1.TransferLeadershipResponse{Leader: resp.GetLeaderId()}, nil
+	return &qv1.TransferLeadershipResponse{Leader: leader}, nil
+}
+
+// transferLeadership hands partition p's leadership to the replica on node
+// to ("" = Raft's choice), wherever the leader is, and returns the new
+// leader's node.
+func (n *Node) transferLeadership(ctx context.Context, q *fsmv1.QueueInfo, p uint32, to string) (string, error) {
+	tr := &peerv1.TransferRequest{Group: groupOf(q, p), To: to}
+	resp, err := onLeader(ctx, n, q, p,
+		func(ctx context.Context, r *replica) (*peerv1.TransferResponse, error) { return r.transfer(ctx, to) },
+		func(ctx context.Context, node string) (*peerv1.TransferResponse, error) { return n.peers.transfer(ctx, node, tr) })
+	return resp.GetLeaderId(), err
 }
 
 // localPartitions reports this node's own replicas as they stand here, each

@@ -177,9 +177,7 @@ func (o *benchOpts) check(cmd *cobra.Command) error {
 
 // bench runs one benchmark and prints its report.
 func (a *app) bench(ctx context.Context, o *benchOpts) error {
-	cctx, cancel := a.callCtx(ctx, 0)
-	c, err := client.New(cctx, a.servers, client.WithLogger(slog.Default()))
-	cancel()
+	c, err := a.goClient(ctx)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/quorumq/quorumq/client"
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
 )
 
@@ -139,4 +140,12 @@ func (a *app) clusterClient() (qv1.ClusterServiceClient, error) {
 // callCtx bounds one request by --timeout plus extra (a long poll's wait).
 func (a *app) callCtx(ctx context.Context, extra time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, a.timeout+extra)
+}
+
+// goClient connects the Go client (routing, retries) to --servers, within
+// one call's deadline. Close it when done.
+func (a *app) goClient(ctx context.Context) (*client.Client, error) {
+	cctx, cancel := a.callCtx(ctx, 0)
+	defer cancel()
+	return client.New(cctx, a.servers, client.WithLogger(slog.Default()))
 }

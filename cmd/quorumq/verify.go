@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/quorumq/quorumq/client"
 	"github.com/quorumq/quorumq/test/verify"
 )
 
@@ -177,9 +176,7 @@ func (a *app) verifyFile(o *verifyOpts) error {
 
 // verify runs the workload, drains, checks and prints the verdict.
 func (a *app) verify(ctx context.Context, o *verifyOpts) error {
-	cctx, cancel := a.callCtx(ctx, 0)
-	c, err := client.New(cctx, a.servers, client.WithLogger(slog.Default()))
-	cancel()
+	c, err := a.goClient(ctx)
 	if err != nil {
 		return err
 	}
