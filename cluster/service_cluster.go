@@ -136,7 +136,9 @@ func (n *Node) transferLeadership(ctx context.Context, q *fsmv1.QueueInfo, p uin
 	tr := &peerv1.TransferRequest{Group: groupOf(q, p), To: to}
 	resp, err := onLeader(ctx, n, q, p,
 		func(ctx context.Context, r *replica) (*peerv1.TransferResponse, error) { return r.transfer(ctx, to) },
-		func(ctx context.Context, node string) (*peerv1.TransferResponse, error) { return n.peers.transfer(ctx, node, tr) })
+		func(ctx context.Context, node string) (*peerv1.TransferResponse, error) {
+			return n.peers.transfer(ctx, node, tr)
+		})
 	return resp.GetLeaderId(), err
 }
 
