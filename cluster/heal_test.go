@@ -230,7 +230,7 @@ func TestScaleUpRebalance(t *testing.T) {
 		t.Skip("multi-node rebalance test")
 	}
 	c := startCluster(t, 3)
-	ctx := ctxT(t, 3*time.Minute)
+	ctx := ctxT(t, 5*time.Minute)
 	qc, cc := c.client(0)
 	if _, err := qc.CreateQueue(ctx, &qv1.CreateQueueRequest{Name: "grow", Partitions: 12, Replicas: 3}); err != nil {
 		t.Fatal(err)
@@ -251,7 +251,7 @@ func TestScaleUpRebalance(t *testing.T) {
 	if res.GetMoves() == 0 {
 		t.Fatalf("rebalance planned no move: %v", res)
 	}
-	c.waitFor("the moves to finish", 2*time.Minute, func() bool {
+	c.waitFor("the moves to finish", 3*time.Minute, func() bool {
 		reps, _ := c.spread("grow")
 		return c.fullyReplicated("grow", 3, live) && within(reps, 1)
 	})

@@ -26,7 +26,10 @@ import (
 // so a partition never has fewer caught-up voters than before a move.
 
 // catchUpLag is how many entries behind the leader's commit index a
-// non-voter may be and still count as caught up.
+// non-voter may be and still count as caught up. Under steady load a new
+// replica may trail by more than that for ever, so it also counts as
+// caught up once it has applied what was committed when the leader first
+// checked it: it then holds everything but what streams in anyway.
 const catchUpLag = 64
 
 // membershipInterval is how often a leader checks its configuration when
@@ -41,8 +44,10 @@ const membershipTimeout = 5 * time.Second
 func (r *replica) keepMembers(ctx context.Context) {
 	t := time.NewTicker(membershipInterval)
 	defer t.Stop()
+	// catchUpTo: per non-voter, the commit index when it was first checked.
+	catchUpTo := map[raft.ServerID]uint64{}
 	for {
-		if err := r.reconcileMembers(ctx); err != nil && ctx.Err() == nil {
+		if err := r.reconcileMembers(ctx, catchUpTo); err != nil && ctx.Err() == nil {
 			r.log.Info("partition membership", "err", err)
 		}
 		select {
@@ -61,7 +66,7 @@ type desiredServer struct {
 }
 
 // reconcileMembers takes at most one configuration step.
-func (r *replica) reconcileMembers(ctx context.Context) error {
+func (r *replica) reconcileMembers(ctx context.Context, catchUpTo map[raft.ServerID]uint64) error {
 	q, ok := r.n.ctrl.queue(r.queue)
 	if !ok || q.GetId() != r.qid || int(r.part) >= len(q.GetPartitions()) {
 		return nil
@@ -101,10 +106,11 @@ func (r *replica) reconcileMembers(ctx context.Context) error {
 		if have[id].Suffrage != raft.Nonvoter {
 			continue
 		}
-		caught, err := r.caughtUp(ctx, d.rep.GetNodeId())
+		caught, err := r.caughtUp(ctx, d.rep.GetNodeId(), id, catchUpTo)
 		if err != nil || !caught {
 			return err
 		}
+		delete(catchUpTo, id)
 		r.log.Info("promoting caught-up replica", "server", id)
 		return r.g.raft.AddVoter(id, d.addr, idx, membershipTimeout).Error()
 	}
@@ -127,14 +133,18 @@ func (r *replica) reconcileMembers(ctx context.Context) error {
 // errNoReplica: the node has not started the replica yet.
 var errNoReplica = errors.New("replica not started")
 
-// caughtUp asks node's replica how far it has applied.
-func (r *replica) caughtUp(ctx context.Context, node string) (bool, error) {
+// caughtUp asks node's replica how far it has applied (see catchUpLag).
+func (r *replica) caughtUp(ctx context.Context, node string, id raft.ServerID, catchUpTo map[raft.ServerID]uint64) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, membershipTimeout)
 	defer cancel()
 	commit := r.g.raft.CommitIndex()
+	if catchUpTo[id] == 0 {
+		catchUpTo[id] = commit
+	}
 	resp, err := r.n.peers.read(ctx, node, &peerv1.ReadRequest{Group: &peerv1.Group{Queue: r.queue, QueueId: r.qid, Partition: r.part}, Local: true})
 	if err != nil {
 		return false, fmt.Errorf("catch-up of %s: %w: %w", node, errNoReplica, err)
 	}
-	return resp.GetAppliedIndex()+catchUpLag >= commit, nil
+	applied := resp.GetAppliedIndex()
+	return applied+catchUpLag >= commit || applied >= catchUpTo[id], nil
 }
