@@ -17,8 +17,11 @@ build:
 
 ## test: what CI runs (README): generated code fresh, lint, every test with -race,
 ## the Helm chart checks, and the Docker smoke test where a Docker daemon answers.
+## Packages run one at a time (-p 1): the multi-node tests of cluster/ and the
+## chaos run of test/chaos each load both cores of the machine; run together,
+## their elections and catch-ups time out.
 test: proto-check lint
-	$(GO) test -race -count=1 $(PKGS)
+	$(GO) test -race -count=1 -p 1 $(PKGS)
 	$(MAKE) chart-test
 	@if docker info >/dev/null 2>&1; then $(MAKE) deploy-test; else echo "skip: deploy-test (no Docker daemon)"; fi
 

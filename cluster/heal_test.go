@@ -251,10 +251,18 @@ func TestScaleUpRebalance(t *testing.T) {
 	if res.GetMoves() == 0 {
 		t.Fatalf("rebalance planned no move: %v", res)
 	}
-	c.waitFor("the moves to finish", 3*time.Minute, func() bool {
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
 		reps, _ := c.spread("grow")
-		return c.fullyReplicated("grow", 3, live) && within(reps, 1)
-	})
+		if c.fullyReplicated("grow", 3, live) && within(reps, 1) {
+			break
+		}
+		if time.Now().After(deadline) {
+			c.dumpPartitions(t, "grow")
+			t.Fatalf("moves not finished after 3m: replicas per node %v", reps)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	moved := time.Since(start)
 	// A second rebalance evens the leaderships out over the new layout.
 	c.waitFor("leaderships within one", 30*time.Second, func() bool {
@@ -505,4 +513,33 @@ func TestReplacementAtSameAddress(t *testing.T) {
 	delete(live, old)
 	live[cfg.NodeID] = true
 	c.waitFor("the new node to hold the dead one's replicas", 90*time.Second, func() bool { return c.fullyReplicated("same", 3, live) })
+}
+
+// dumpPartitions logs, for a failed test, every partition's assignment and
+// the Raft configuration its leader holds.
+func (c *testCluster) dumpPartitions(t *testing.T, queue string) {
+	for _, n := range c.nodes {
+		if n == nil {
+			continue
+		}
+		q, _ := n.ctrl.queue(queue)
+		for _, a := range q.GetPartitions() {
+			li := c.leaderNode(queue, a.GetPartition())
+			cfg := "no leader"
+			if li >= 0 {
+				r, _ := c.nodes[li].replicas.get(queue, a.GetPartition())
+				cfg = fmt.Sprint(r.g.raft.GetConfiguration().Configuration().Servers)
+			}
+			t.Logf("partition %d: assignment epoch %d %v; leader n%d config %s", a.GetPartition(), a.GetEpoch(), a.GetReplicas(), li+1, cfg)
+		}
+		break
+	}
+	for _, n := range c.nodes {
+		if n == nil {
+			continue
+		}
+		for _, r := range n.replicas.all() {
+			t.Logf("%s runs replica %s of %s/%d (leader %v)", n.ID(), r.g.id, r.queue, r.part, r.isLeader())
+		}
+	}
 }

@@ -286,10 +286,47 @@ func (c *Cluster) setPaused(i int, pause bool) error {
 		return fmt.Errorf("%s n%d: %w", op, i, ErrNotRunning)
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	p.signal(sig)
 	p.paused = pause
+	c.mu.Unlock()
+	if pause {
+		// SIGSTOP takes effect asynchronously: a thread may still finish
+		// what it was doing. Return once the process is stopped.
+		return p.waitStopped(2 * time.Second)
+	}
 	return nil
+}
+
+// waitStopped polls /proc until every thread of the process is stopped
+// ('T'), or timeout passes.
+func (p *proc) waitStopped(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.cmd.Process.Pid))
+		if err != nil || !p.alive() {
+			return nil // gone: nothing left to stop
+		}
+		stopped := len(tasks) > 0
+		for _, t := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", p.cmd.Process.Pid, t.Name()))
+			if err != nil {
+				continue // the thread ended
+			}
+			// The state follows the parenthesised command name.
+			i := strings.LastIndexByte(string(b), ')')
+			if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("netns: pid %d not stopped after %v", p.cmd.Process.Pid, timeout)
+		}
+		time.Sleep(5 * time.Millisecond) // polling the kernel's state, not waiting for time to pass
+	}
 }
 
 // Wipe deletes host i's data directory; the server must not be running.
