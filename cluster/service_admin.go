@@ -111,12 +111,7 @@ func (n *Node) rebalance(ctx context.Context, o rebalanceOpts) (*qv1.RebalanceRe
 	resp := &qv1.RebalanceResponse{}
 	var errs []error
 	for _, ch := range plan {
-		res, err := n.ctrl.propose(ctx, &fsmv1.CatalogCommand{Op: &fsmv1.CatalogCommand_SetAssignment{SetAssignment: &fsmv1.SetAssignment{
-			Queue: ch.q.GetName(), Partition: ch.a.GetPartition(), ExpectedEpoch: ch.a.GetEpoch(), Replicas: ch.replicas, PreferredLeader: ch.preferred,
-		}}})
-		if err == nil && res.Code != fsm.CatalogOK {
-			err = fmt.Errorf("set assignment: %v: %s", res.Code, res.Detail)
-		}
+		err := n.applyChange(ctx, ch)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -138,6 +133,51 @@ func (n *Node) rebalance(ctx context.Context, o rebalanceOpts) (*qv1.RebalanceRe
 		return nil, errors.Join(errs...)
 	}
 	return resp, nil
+}
+
+// applyChange proposes one planned assignment. The assignment may have
+// moved on since the plan (the repair loop, the balancer): on a
+// compare-and-set conflict the same change — the same replicas marked
+// leaving, the same preferred leader — is made again on the current
+// assignment, if it still applies, a few times.
+func (n *Node) applyChange(ctx context.Context, ch *rebalanceChange) error {
+	a := ch.a
+	rs := ch.replicas
+	for attempt := 0; ; attempt++ {
+		res, err := n.ctrl.propose(ctx, &fsmv1.CatalogCommand{Op: &fsmv1.CatalogCommand_SetAssignment{SetAssignment: &fsmv1.SetAssignment{
+			Queue: ch.q.GetName(), Partition: a.GetPartition(), ExpectedEpoch: a.GetEpoch(), Replicas: rs, PreferredLeader: ch.preferred,
+		}}})
+		if err != nil {
+			return err
+		}
+		if res.Code == fsm.CatalogOK {
+			return nil
+		}
+		if res.Code != fsm.CatalogConflict || attempt == 3 {
+			return fmt.Errorf("set assignment: %v: %s", res.Code, res.Detail)
+		}
+		q, ok := n.ctrl.queue(ch.q.GetName())
+		if !ok || q.GetId() != ch.q.GetId() {
+			return fmt.Errorf("queue %s is gone", ch.q.GetName())
+		}
+		a = q.GetPartitions()[a.GetPartition()]
+		if slices.ContainsFunc(a.GetReplicas(), func(r *fsmv1.Replica) bool { return !r.GetVoter() || r.GetLeaving() }) {
+			return nil // a move is under way there now: leave it be
+		}
+		leaving := map[string]bool{}
+		for _, r := range ch.replicas {
+			leaving[r.GetNodeId()] = r.GetLeaving()
+		}
+		rs = nil
+		for _, r := range a.GetReplicas() {
+			r = proto.CloneOf(r)
+			r.Leaving = leaving[r.GetNodeId()]
+			rs = append(rs, r)
+		}
+		if !slices.ContainsFunc(rs, func(r *fsmv1.Replica) bool { return r.GetNodeId() == ch.preferred }) {
+			ch.preferred = a.GetPreferredLeader()
+		}
+	}
 }
 
 // transferToPreferred hands each partition's leadership to its preferred
