@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -167,21 +168,11 @@ func (a *app) clusterTransferCmd() *cobra.Command {
 			if err != nil {
 				return usageErrorf(cmd, "PARTITION %q: want a partition number", args[1])
 			}
-			cc, err := a.clusterClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context(), 0)
-			defer cancel()
-			resp, err := cc.TransferLeadership(ctx, &qv1.TransferLeadershipRequest{Queue: args[0], Partition: uint32(p), To: to})
-			if err != nil {
-				return err
-			}
-			if a.jsonOut() {
-				return writeJSON(a.stdout, resp)
-			}
-			_, err = fmt.Fprintf(a.stdout, "leader of %s/%d: %s\n", args[0], p, resp.GetLeader())
-			return err
+			return clusterCall(a, cmd, func(ctx context.Context, cc qv1.ClusterServiceClient) (*qv1.TransferLeadershipResponse, error) {
+				return cc.TransferLeadership(ctx, &qv1.TransferLeadershipRequest{Queue: args[0], Partition: uint32(p), To: to})
+			}, func(resp *qv1.TransferLeadershipResponse) string {
+				return fmt.Sprintf("leader of %s/%d: %s", args[0], p, resp.GetLeader())
+			})
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "node id of the new leader (default: Raft's choice)")

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
 
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
 )
@@ -22,25 +24,15 @@ takes it out of the cluster. --cancel makes it a normal node again.`,
   quorumq cluster drain dev3 --cancel`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cc, err := a.clusterClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context(), 0)
-			defer cancel()
-			resp, err := cc.DrainNode(ctx, &qv1.DrainNodeRequest{NodeId: args[0], Cancel: cancelDrain})
-			if err != nil {
-				return err
-			}
-			if a.jsonOut() {
-				return writeJSON(a.stdout, resp)
-			}
-			what := "draining"
-			if cancelDrain {
-				what = "no longer draining"
-			}
-			_, err = fmt.Fprintf(a.stdout, "%s is %s; it hosts %d replicas\n", args[0], what, resp.GetReplicas())
-			return err
+			return clusterCall(a, cmd, func(ctx context.Context, cc qv1.ClusterServiceClient) (*qv1.DrainNodeResponse, error) {
+				return cc.DrainNode(ctx, &qv1.DrainNodeRequest{NodeId: args[0], Cancel: cancelDrain})
+			}, func(resp *qv1.DrainNodeResponse) string {
+				what := "draining"
+				if cancelDrain {
+					what = "no longer draining"
+				}
+				return fmt.Sprintf("%s is %s; it hosts %d replicas", args[0], what, resp.GetReplicas())
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&cancelDrain, "cancel", false, "stop draining: the node takes replicas again")
@@ -58,21 +50,9 @@ A node that still hosts replicas is refused: drain it first.`,
   quorumq cluster remove dev3`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cc, err := a.clusterClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context(), 0)
-			defer cancel()
-			resp, err := cc.RemoveNode(ctx, &qv1.RemoveNodeRequest{NodeId: args[0]})
-			if err != nil {
-				return err
-			}
-			if a.jsonOut() {
-				return writeJSON(a.stdout, resp)
-			}
-			_, err = fmt.Fprintf(a.stdout, "%s removed\n", args[0])
-			return err
+			return clusterCall(a, cmd, func(ctx context.Context, cc qv1.ClusterServiceClient) (*qv1.RemoveNodeResponse, error) {
+				return cc.RemoveNode(ctx, &qv1.RemoveNodeRequest{NodeId: args[0]})
+			}, func(*qv1.RemoveNodeResponse) string { return args[0] + " removed" })
 		},
 	}
 }
@@ -90,22 +70,32 @@ leaderships over the new layout.`,
 		Example: `  quorumq cluster rebalance`,
 		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cc, err := a.clusterClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context(), 0)
-			defer cancel()
-			resp, err := cc.Rebalance(ctx, &qv1.RebalanceRequest{})
-			if err != nil {
-				return err
-			}
-			if a.jsonOut() {
-				return writeJSON(a.stdout, resp)
-			}
-			_, err = fmt.Fprintf(a.stdout, "%d replica moves planned, %d preferred leaders changed, %d leaderships in place\n",
-				resp.GetMoves(), resp.GetLeaderChanges(), resp.GetLeadersTransferred())
-			return err
+			return clusterCall(a, cmd, func(ctx context.Context, cc qv1.ClusterServiceClient) (*qv1.RebalanceResponse, error) {
+				return cc.Rebalance(ctx, &qv1.RebalanceRequest{})
+			}, func(resp *qv1.RebalanceResponse) string {
+				return fmt.Sprintf("%d replica moves planned, %d preferred leaders changed, %d leaderships in place",
+					resp.GetMoves(), resp.GetLeaderChanges(), resp.GetLeadersTransferred())
+			})
 		},
 	}
+}
+
+// clusterCall runs one ClusterService call within the request deadline and
+// prints its response: as JSON with -o json, else text's one line.
+func clusterCall[R proto.Message](a *app, cmd *cobra.Command, call func(context.Context, qv1.ClusterServiceClient) (R, error), text func(R) string) error {
+	cc, err := a.clusterClient()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := a.callCtx(cmd.Context(), 0)
+	defer cancel()
+	resp, err := call(ctx, cc)
+	if err != nil {
+		return err
+	}
+	if a.jsonOut() {
+		return writeJSON(a.stdout, resp)
+	}
+	_, err = fmt.Fprintln(a.stdout, text(resp))
+	return err
 }
