@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -13,9 +14,11 @@ import (
 
 var _ raft.StreamLayer = (*GroupLayer)(nil)
 
-// GroupLayer is the raft.StreamLayer of one Raft group on a Mux. Accept
-// yields the inbound connections whose header names the group; Dial opens a
-// connection to a peer's Mux and writes the group's header.
+// GroupLayer is the raft.StreamLayer of one member of a Raft group on a
+// Mux. Accept yields the inbound connections whose header names the group
+// and this member's server id (any other target is refused by the Mux);
+// Dial opens a connection to a peer's Mux and writes a header naming the
+// group and the member it means to reach.
 //
 // A GroupLayer tracks every connection it accepted or dialed. Close
 // unregisters the group from the Mux and closes them all, so a closed
@@ -24,8 +27,8 @@ var _ raft.StreamLayer = (*GroupLayer)(nil)
 type GroupLayer struct {
 	m         *Mux
 	id        string
+	local     raft.ServerID
 	advertise raft.ServerAddress
-	header    []byte
 	q         *acceptQueue
 
 	ctx    context.Context // cancelled by Close; aborts dials in progress
@@ -36,13 +39,13 @@ type GroupLayer struct {
 	conns  map[*trackedConn]struct{}
 }
 
-func newGroupLayer(m *Mux, id string, advertise raft.ServerAddress) *GroupLayer {
+func newGroupLayer(m *Mux, id string, local raft.ServerID, advertise raft.ServerAddress) *GroupLayer {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &GroupLayer{
 		m:         m,
 		id:        id,
+		local:     local,
 		advertise: advertise,
-		header:    appendHeader(nil, id),
 		q:         newAcceptQueue(),
 		ctx:       ctx,
 		cancel:    cancel,
@@ -52,6 +55,9 @@ func newGroupLayer(m *Mux, id string, advertise raft.ServerAddress) *GroupLayer 
 
 // ID returns the group id.
 func (l *GroupLayer) ID() string { return l.id }
+
+// Local returns the server id of the member this layer serves.
+func (l *GroupLayer) Local() raft.ServerID { return l.local }
 
 // Accept returns the next inbound connection of the group, or net.ErrClosed
 // once the layer is closed.
@@ -68,20 +74,34 @@ func (l *GroupLayer) Accept() (net.Conn, error) {
 	return tc, nil
 }
 
-// Dial opens a TCP connection to the peer's peer port (address) and writes
-// this group's header. timeout bounds the connect and the header write.
-// The peer closes the connection if it does not host the group.
+// Dial opens a TCP connection to the peer's peer port and writes a header
+// naming this group and the member the address names. timeout bounds the
+// connect and the header write. The peer closes the connection unless it
+// runs exactly that member of the group (Stats().UnknownGroup,
+// Stats().WrongTarget on its side).
 //
-// An address may carry a "#tag" after host:port (DialAddress strips it):
-// Raft refuses two servers with the same address in one configuration,
-// and a replacement node may well come back at its predecessor's address
-// while the predecessor is still a member; the tag keeps them apart.
+// An address is "host:port#<server id>" (see SplitAddress): the server id
+// says which member of the group the connection is for, so that a node
+// never answers for a member it does not hold (a wiped replica's old
+// identity, a removed one). Raft also refuses two servers with the same
+// address in one configuration, and a replacement node may well come back
+// at its predecessor's address; the id keeps them apart. An address
+// without a server id is refused with ErrNoServerID.
 func (l *GroupLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	if l.isClosed() {
 		return nil, l.closedErr()
 	}
-	d := net.Dialer{Timeout: timeout}
-	c, err := d.DialContext(l.ctx, "tcp", DialAddress(address))
+	hostport, target := SplitAddress(address)
+	if target == "" || len(target) > MaxServerIDLen {
+		return nil, fmt.Errorf("transport: group %q: %w: %q", l.id, ErrNoServerID, address)
+	}
+	ctx := l.ctx
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	c, err := l.m.dial(context.WithValue(ctx, dialMembersKey{}, [2]raft.ServerID{l.local, target}), hostport)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +111,7 @@ func (l *GroupLayer) Dial(address raft.ServerAddress, timeout time.Duration) (ne
 			return nil, err
 		}
 	}
-	if _, err := c.Write(l.header); err != nil {
+	if _, err := c.Write(appendHeader(nil, l.id, string(target))); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("transport: group %q: write header to %s: %w", l.id, address, err)
 	}
@@ -178,12 +198,39 @@ type advertiseAddr string
 func (a advertiseAddr) Network() string { return "tcp" }
 func (a advertiseAddr) String() string  { return string(a) }
 
-// DialAddress is the host:port of a Raft server address, without the
-// "#tag" that may follow it.
-func DialAddress(a raft.ServerAddress) string {
+type dialMembersKey struct{}
+
+// DialMembers tells a Dialer, from the context it is given, which members
+// of a Raft group a connection is for: the dialing member (local) and the
+// one it means to reach (target). ok is false for other connections.
+func DialMembers(ctx context.Context) (local, target raft.ServerID, ok bool) {
+	m, ok := ctx.Value(dialMembersKey{}).([2]raft.ServerID)
+	return m[0], m[1], ok
+}
+
+// ErrNoServerID: a Raft address without the "#<server id>" that says which
+// member of the group a connection is for.
+var ErrNoServerID = errors.New("transport: raft address names no server id")
+
+// Address is the Raft address of the member id of a group on the node whose
+// peer port is hostport: "hostport#id".
+func Address(hostport string, id raft.ServerID) raft.ServerAddress {
+	return raft.ServerAddress(hostport + "#" + string(id))
+}
+
+// SplitAddress splits a Raft address into the host:port to dial and the
+// server id after the '#' ("" when there is none).
+func SplitAddress(a raft.ServerAddress) (hostport string, id raft.ServerID) {
 	s := string(a)
 	if i := strings.IndexByte(s, '#'); i >= 0 {
-		return s[:i]
+		return s[:i], raft.ServerID(s[i+1:])
 	}
-	return s
+	return s, ""
+}
+
+// DialAddress is the host:port of a Raft server address, without the
+// "#<server id>" that follows it.
+func DialAddress(a raft.ServerAddress) string {
+	hostport, _ := SplitAddress(a)
+	return hostport
 }

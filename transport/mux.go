@@ -6,6 +6,7 @@
 package transport
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,7 +30,14 @@ var (
 	// ErrInvalidGroupID is returned by Group for an empty id or one longer
 	// than MaxGroupIDLen bytes.
 	ErrInvalidGroupID = errors.New("transport: invalid group id")
+	// ErrInvalidServerID is returned by Group for an empty local server id
+	// or one longer than MaxServerIDLen bytes.
+	ErrInvalidServerID = errors.New("transport: invalid server id")
 )
+
+// Dialer opens a connection to a peer's peer port (host:port). ctx bounds
+// the connect.
+type Dialer func(ctx context.Context, addr string) (net.Conn, error)
 
 // Mux owns the node's peer listener and sorts each inbound connection by its
 // first bytes: an HTTP/2 client preface goes to GRPCListener, a Raft header
@@ -44,6 +52,9 @@ type Mux struct {
 	// for Accept. A connection that takes longer is closed. Zero means
 	// DefaultHandshakeTimeout. Set it before calling Serve.
 	HandshakeTimeout time.Duration
+	// Dial opens the connections of every GroupLayer's Dial; nil means a
+	// plain TCP net.Dialer. Set it before registering groups.
+	Dial Dialer
 
 	l    net.Listener
 	log  *slog.Logger
@@ -58,8 +69,10 @@ type Mux struct {
 	wg       sync.WaitGroup        // Serve and the per-connection goroutines
 
 	stats struct {
-		accepted, grpc, raft, badHeader, unknownGroup, dropped atomic.Uint64
+		accepted, grpc, raft, badHeader, unknownGroup, wrongTarget, dropped atomic.Uint64
 	}
+	// refusedLog rate-limits the warnings about refused Raft connections.
+	refusedLog rateLimit
 }
 
 // MuxStats counts the connections a Mux has seen since it was created.
@@ -69,6 +82,7 @@ type MuxStats struct {
 	Raft         uint64 // returned by a GroupLayer's Accept
 	BadHeader    uint64 // closed: neither an HTTP/2 preface nor a valid Raft header, or too slow to send one
 	UnknownGroup uint64 // closed: Raft header for a group that is not registered
+	WrongTarget  uint64 // closed: Raft header for a member of a registered group that this node does not hold (an old or wiped identity)
 	Dropped      uint64 // closed: identified, but its listener was closed or did not accept it in time
 }
 
@@ -100,6 +114,7 @@ func (m *Mux) Stats() MuxStats {
 		Raft:         m.stats.raft.Load(),
 		BadHeader:    m.stats.badHeader.Load(),
 		UnknownGroup: m.stats.unknownGroup.Load(),
+		WrongTarget:  m.stats.wrongTarget.Load(),
 		Dropped:      m.stats.dropped.Load(),
 	}
 }
@@ -111,15 +126,22 @@ func (m *Mux) Stats() MuxStats {
 // call returns the same listener.
 func (m *Mux) GRPCListener() net.Listener { return m.grpc }
 
-// Group registers the Raft group id and returns its stream layer. advertise
-// is the address peers dial to reach this node; when empty it is the
-// listener's address, which is only right if the listener is bound to a
-// specific, reachable IP (not ":7421"). It fails with ErrGroupExists if id is registered, ErrInvalidGroupID
-// if id is empty or longer than MaxGroupIDLen bytes, and ErrMuxClosed after
-// Close.
-func (m *Mux) Group(id string, advertise raft.ServerAddress) (*GroupLayer, error) {
+// Group registers this node's member local of the Raft group id and
+// returns its stream layer. Only connections whose header names both id and
+// local reach it: a connection for another member of the group (an
+// identity this node no longer holds) is refused. advertise is the address
+// peers dial to reach this node; when empty it is the listener's address,
+// which is only right if the listener is bound to a specific, reachable IP
+// (not ":7421"). It fails with ErrGroupExists if id is registered,
+// ErrInvalidGroupID if id is empty or longer than MaxGroupIDLen bytes,
+// ErrInvalidServerID if local is empty or longer than MaxServerIDLen bytes,
+// and ErrMuxClosed after Close.
+func (m *Mux) Group(id string, local raft.ServerID, advertise raft.ServerAddress) (*GroupLayer, error) {
 	if len(id) == 0 || len(id) > MaxGroupIDLen {
 		return nil, fmt.Errorf("%w: %d bytes", ErrInvalidGroupID, len(id))
+	}
+	if len(local) == 0 || len(local) > MaxServerIDLen {
+		return nil, fmt.Errorf("%w: %d bytes", ErrInvalidServerID, len(local))
 	}
 	if advertise == "" {
 		advertise = raft.ServerAddress(m.l.Addr().String())
@@ -132,7 +154,7 @@ func (m *Mux) Group(id string, advertise raft.ServerAddress) (*GroupLayer, error
 	if _, ok := m.groups[id]; ok {
 		return nil, fmt.Errorf("%w: %q", ErrGroupExists, id)
 	}
-	l := newGroupLayer(m, id, advertise)
+	l := newGroupLayer(m, id, local, advertise)
 	m.groups[id] = l
 	return l, nil
 }
@@ -251,7 +273,20 @@ func (m *Mux) handle(c net.Conn) {
 		return
 	case h.kind == kindRaft && layer == nil:
 		m.stats.unknownGroup.Add(1)
-		m.log.Debug("peer connection closed: unknown raft group", "remote", remote, "group", h.group)
+		m.log.Debug("peer connection closed: unknown raft group", "remote", remote, "group", h.group, "target", h.target)
+		c.Close()
+		return
+	case h.kind == kindRaft && raft.ServerID(h.target) != layer.local:
+		// The dialer means a member of this group that this node does not
+		// hold: an identity whose data is gone (wiped, replaced) or that
+		// was removed. Answering as it would let a replica vote and
+		// acknowledge with a log it does not have.
+		m.stats.wrongTarget.Add(1)
+		if m.refusedLog.allow(time.Now(), 10*time.Second) {
+			m.log.Warn("refused raft connection for a member this node does not hold",
+				"remote", remote, "group", h.group, "target", h.target, "local", layer.local,
+				"refused_total", m.stats.wrongTarget.Load())
+		}
 		c.Close()
 		return
 	}
@@ -309,6 +344,31 @@ func (m *Mux) Close() error {
 	m.grpc.Close()
 	m.wg.Wait()
 	return err
+}
+
+// dial opens a connection to a peer's peer port with m.Dial, or TCP.
+func (m *Mux) dial(ctx context.Context, addr string) (net.Conn, error) {
+	if m.Dial != nil {
+		return m.Dial(ctx, addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// rateLimit lets one event through per interval.
+type rateLimit struct {
+	mu   sync.Mutex
+	last time.Time
+}
+
+func (r *rateLimit) allow(now time.Time, every time.Duration) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.last.IsZero() && now.Sub(r.last) < every {
+		return false
+	}
+	r.last = now
+	return true
 }
 
 // acceptQueue hands connections from the Mux's per-connection goroutines to

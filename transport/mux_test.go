@@ -38,10 +38,10 @@ func startMux(t *testing.T, configure func(*Mux)) *Mux {
 	return m
 }
 
-// group registers id on m, advertising m's address.
+// group registers member "m1" of group id on m, advertising m's address.
 func group(t *testing.T, m *Mux, id string) *GroupLayer {
 	t.Helper()
-	l, err := m.Group(id, "")
+	l, err := m.Group(id, "m1", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestMuxRoutesRaftConnsByGroup(t *testing.T) {
 	}
 
 	for _, g := range []*GroupLayer{g1, g2} {
-		out, err := g.Dial(raft.ServerAddress(m.Addr().String()), time.Second)
+		out, err := g.Dial(Address(m.Addr().String(), "m1"), time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -150,7 +150,7 @@ func TestMuxClosesBadConnections(t *testing.T) {
 	g1 := group(t, m, "g1")
 
 	// A healthy Raft conn, open across the whole test.
-	out, err := g1.Dial(raft.ServerAddress(m.Addr().String()), time.Second)
+	out, err := g1.Dial(Address(m.Addr().String(), "m1"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,17 +164,19 @@ func TestMuxClosesBadConnections(t *testing.T) {
 	}{
 		{"http/1", "GET / HTTP/1.1\r\nHost: x\r\n\r\n"},
 		{"binary garbage", "\x00\xff\x13\x37garbage"},
-		{"bad length", "QQR1\xff\xff"},
+		{"bad length", "QQR2\xff\xff"},
+		{"version 1 (no target)", string(append([]byte("QQR1\x00\x02"), "g1"...))},
+		{"no target", "QQR2\x00\x02g1\x00\x00"},
 		{"not quite http/2", "PRI * HTTP/1.1\r\n\r\nSM\r\n\r\n"},
 		{"silent", ""},
-		{"half a header", "QQR1\x00\x09g"},
+		{"half a header", "QQR2\x00\x09g"},
 	}
 	for _, b := range bad {
 		t.Run(b.name, func(t *testing.T) {
 			expectClosed(t, rawDial(t, m, b.first))
 		})
 	}
-	unknown := rawDial(t, m, string(appendHeader(nil, "nope")))
+	unknown := rawDial(t, m, string(appendHeader(nil, "nope", "m1")))
 	expectClosed(t, unknown)
 
 	roundTrip(t, out, in, "after")
@@ -213,7 +215,7 @@ func TestMuxGRPCListener(t *testing.T) {
 		t.Fatalf("Accept after Close: %v, want net.ErrClosed", err)
 	}
 	expectClosed(t, rawDial(t, m, http2Preface))
-	out, err := g1.Dial(raft.ServerAddress(m.Addr().String()), time.Second)
+	out, err := g1.Dial(Address(m.Addr().String(), "m1"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,23 +230,28 @@ func TestMuxGRPCListener(t *testing.T) {
 func TestMuxGroupRegistration(t *testing.T) {
 	m := startMux(t, nil)
 	for _, id := range []string{"", strings.Repeat("x", MaxGroupIDLen+1)} {
-		if _, err := m.Group(id, ""); !errors.Is(err, ErrInvalidGroupID) {
+		if _, err := m.Group(id, "m1", ""); !errors.Is(err, ErrInvalidGroupID) {
 			t.Fatalf("Group(%d bytes) = %v, want ErrInvalidGroupID", len(id), err)
 		}
 	}
-	g1, err := m.Group("g1", "node-1.peers:7421")
+	for _, local := range []raft.ServerID{"", raft.ServerID(strings.Repeat("x", MaxServerIDLen+1))} {
+		if _, err := m.Group("g1", local, ""); !errors.Is(err, ErrInvalidServerID) {
+			t.Fatalf("Group(server id of %d bytes) = %v, want ErrInvalidServerID", len(local), err)
+		}
+	}
+	g1, err := m.Group("g1", "m1", "node-1.peers:7421")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := g1.Addr().String(); got != "node-1.peers:7421" {
 		t.Fatalf("Addr = %s, want the advertised address", got)
 	}
-	if _, err := m.Group("g1", ""); !errors.Is(err, ErrGroupExists) {
+	if _, err := m.Group("g1", "m2", ""); !errors.Is(err, ErrGroupExists) {
 		t.Fatalf("second Group(g1) = %v, want ErrGroupExists", err)
 	}
 
 	// Close of the layer closes what it accepted and dialed, and unregisters.
-	out, err := g1.Dial(raft.ServerAddress(m.Addr().String()), time.Second)
+	out, err := g1.Dial(Address(m.Addr().String(), "m1"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,17 +269,17 @@ func TestMuxGroupRegistration(t *testing.T) {
 	if _, err := g1.Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Accept after Close = %v, want net.ErrClosed", err)
 	}
-	if _, err := g1.Dial(raft.ServerAddress(m.Addr().String()), time.Second); !errors.Is(err, net.ErrClosed) {
+	if _, err := g1.Dial(Address(m.Addr().String(), "m1"), time.Second); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Dial after Close = %v, want net.ErrClosed", err)
 	}
-	expectClosed(t, rawDial(t, m, string(appendHeader(nil, "g1"))))
+	expectClosed(t, rawDial(t, m, string(appendHeader(nil, "g1", "m1"))))
 	if s := m.Stats(); s.UnknownGroup != 1 {
 		t.Fatalf("stats = %+v, want 1 unknown group", s)
 	}
 
 	// The id is free again.
 	g1b := group(t, m, "g1")
-	out2, err := g1b.Dial(raft.ServerAddress(m.Addr().String()), time.Second)
+	out2, err := g1b.Dial(Address(m.Addr().String(), "m1"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,11 +306,11 @@ func TestMuxCloseStopsEverything(t *testing.T) {
 		t.Fatal("second Serve returned nil, want an error")
 	}
 
-	g1, err := m.Group("g1", "")
+	g1, err := m.Group("g1", "m1", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := g1.Dial(raft.ServerAddress(m.Addr().String()), time.Second)
+	out, err := g1.Dial(Address(m.Addr().String(), "m1"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,11 +330,11 @@ func TestMuxCloseStopsEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer silent.Close()
-	g2, err := m.Group("g2", "")
+	g2, err := m.Group("g2", "m1", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	waiting, err := g2.Dial(raft.ServerAddress(m.Addr().String()), time.Second) // nobody accepts g2
+	waiting, err := g2.Dial(Address(m.Addr().String(), "m1"), time.Second) // nobody accepts g2
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +359,7 @@ func TestMuxCloseStopsEverything(t *testing.T) {
 	expectClosed(t, silent)
 	expectClosed(t, waiting)
 	expectClosed(t, out)
-	if _, err := m.Group("g3", ""); !errors.Is(err, ErrMuxClosed) {
+	if _, err := m.Group("g3", "m1", ""); !errors.Is(err, ErrMuxClosed) {
 		t.Fatalf("Group after Close = %v, want ErrMuxClosed", err)
 	}
 	if err := m.Serve(); err != nil {
@@ -363,5 +370,68 @@ func TestMuxCloseStopsEverything(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", m.Addr().String()); err == nil {
 		t.Fatal("listener still accepting after Close")
+	}
+}
+
+// A connection for a member of a group that the node does not hold — an
+// old incarnation, a wiped or removed replica — reaches no member: the Mux
+// closes it and counts it, and the member that does run here never sees it.
+func TestMuxRefusesOtherMembersOfAGroup(t *testing.T) {
+	m := startMux(t, nil)
+	current, err := m.Group("q/orders/7/0", "n3/33", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { current.Close() })
+	dialer := startMux(t, nil)
+	out, err := dialer.Group("q/orders/7/0", "n2/5", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { out.Close() })
+
+	for _, old := range []raft.ServerID{"n3/14", "n3", "n3/3"} {
+		c, err := out.Dial(Address(m.Addr().String(), old), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		expectClosed(t, c)
+	}
+	waitFor(t, 5*time.Second, "3 refused connections", func() bool { return m.Stats().WrongTarget == 3 })
+	if s := m.Stats(); s.Raft != 0 {
+		t.Fatalf("stats %+v: a connection for another member was accepted", s)
+	}
+
+	// An address without a server id is not dialed at all.
+	if _, err := out.Dial(raft.ServerAddress(m.Addr().String()), time.Second); !errors.Is(err, ErrNoServerID) {
+		t.Fatalf("Dial without a server id = %v, want ErrNoServerID", err)
+	}
+
+	// The member that runs here is reached under its own id.
+	c, err := out.Dial(Address(m.Addr().String(), "n3/33"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	roundTrip(t, c, accept(t, current), "for n3/33")
+	if s := m.Stats(); s.Raft != 1 || s.WrongTarget != 3 {
+		t.Fatalf("stats %+v, want 1 raft conn and 3 wrong targets", s)
+	}
+}
+
+func TestSplitAddress(t *testing.T) {
+	for in, want := range map[string][2]string{
+		"10.0.0.1:7421":         {"10.0.0.1:7421", ""},
+		"10.0.0.1:7421#n1/10":   {"10.0.0.1:7421", "n1/10"},
+		"[::1]:7421#n1":         {"[::1]:7421", "n1"},
+		"q-0.svc:7421#q0/3#odd": {"q-0.svc:7421", "q0/3#odd"},
+	} {
+		hp, id := SplitAddress(raft.ServerAddress(in))
+		if hp != want[0] || string(id) != want[1] {
+			t.Errorf("SplitAddress(%q) = %q, %q; want %q, %q", in, hp, id, want[0], want[1])
+		}
+	}
+	if got := Address("h:1", "n1/2"); got != "h:1#n1/2" {
+		t.Errorf("Address = %q", got)
 	}
 }

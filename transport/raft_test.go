@@ -114,10 +114,11 @@ func (r *logRecorder) count(substr string) int {
 
 // testNode is one in-process node: a Mux on its own port, a gRPC health
 // server on the Mux's gRPC listener, and replicas of some Raft groups.
+// Its replicas use the node id as their server id.
 type testNode struct {
 	id       raft.ServerID
 	mux      *Mux
-	addr     raft.ServerAddress
+	addr     raft.ServerAddress // host:port of the Mux
 	grpc     *grpc.Server
 	served   chan error
 	replicas map[string]*replica
@@ -166,6 +167,11 @@ func (c *cluster) addNode(id raft.ServerID) *testNode {
 	return n
 }
 
+// raftAddr is the Raft address of the member id on n.
+func (n *testNode) raftAddr(id raft.ServerID) raft.ServerAddress {
+	return Address(string(n.addr), id)
+}
+
 func testRaftConfig(id raft.ServerID, log *slog.Logger) *raft.Config {
 	conf := raft.DefaultConfig()
 	conf.LocalID = id
@@ -180,12 +186,17 @@ func testRaftConfig(id raft.ServerID, log *slog.Logger) *raft.Config {
 	return conf
 }
 
-// startReplica starts n's replica of group, bootstrapped with servers when
-// servers is not empty.
+// startReplica starts n's replica of group, with server id n.id,
+// bootstrapped with servers when servers is not empty.
 func (c *cluster) startReplica(n *testNode, group string, servers []raft.Server) *replica {
+	return c.startReplicaAs(n, n.id, group, servers)
+}
+
+// startReplicaAs starts n's replica of group with server id id.
+func (c *cluster) startReplicaAs(n *testNode, id raft.ServerID, group string, servers []raft.Server) *replica {
 	c.t.Helper()
 	log := slog.New(c.log)
-	layer, err := n.mux.Group(group, n.addr)
+	layer, err := n.mux.Group(group, id, n.addr)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -194,7 +205,7 @@ func (c *cluster) startReplica(n *testNode, group string, servers []raft.Server)
 		fsm:   newCountFSM(),
 		logs:  raft.NewInmemStore(),
 	}
-	conf := testRaftConfig(n.id, log)
+	conf := testRaftConfig(id, log)
 	if len(servers) > 0 {
 		err := raft.BootstrapCluster(conf, rep.logs, rep.logs, raft.NewInmemSnapshotStore(), rep.trans,
 			raft.Configuration{Servers: servers})
@@ -317,7 +328,7 @@ func TestRaftClusterOverMux(t *testing.T) {
 	var servers []raft.Server
 	for _, id := range ids {
 		n := c.addNode(id)
-		servers = append(servers, raft.Server{ID: id, Address: n.addr, Suffrage: raft.Voter})
+		servers = append(servers, raft.Server{ID: id, Address: n.raftAddr(id), Suffrage: raft.Voter})
 	}
 	groups := []string{"g1", "g2"}
 	for _, n := range c.nodes {
@@ -363,8 +374,8 @@ func TestRaftClusterOverMux(t *testing.T) {
 	var raftConns uint64
 	for _, n := range c.nodes {
 		s := n.mux.Stats()
-		if s.BadHeader == 0 || s.UnknownGroup == 0 || s.GRPC != 1 {
-			t.Fatalf("%s: stats %+v: want bad headers, unknown groups and a grpc conn", n.id, s)
+		if s.BadHeader == 0 || s.UnknownGroup == 0 || s.WrongTarget == 0 || s.GRPC != 1 {
+			t.Fatalf("%s: stats %+v: want bad headers, unknown groups, wrong targets and a grpc conn", n.id, s)
 		}
 		raftConns += s.Raft
 	}
@@ -402,8 +413,9 @@ func sendNoise(nodes []*testNode, stop <-chan struct{}) error {
 	payloads := []string{
 		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
 		"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", // a TLS ClientHello
-		string(appendHeader(nil, "no-such-group")) + "\x00\x01\x02",
-		"QQR1\x00\x00",
+		string(appendHeader(nil, "no-such-group", "n1")) + "\x00\x01\x02",
+		"QQR2\x00\x00",
+		string(appendHeader(nil, "g1", "not-a-member")),
 	}
 	tick := time.NewTicker(2 * time.Millisecond) // leave CPU to Raft
 	defer tick.Stop()
@@ -444,7 +456,7 @@ func sendNoise(nodes []*testNode, stop <-chan struct{}) error {
 func TestRaftInstallSnapshotOverMux(t *testing.T) {
 	c := newCluster(t)
 	n1 := c.addNode("n1")
-	leader := c.startReplica(n1, "s", []raft.Server{{ID: "n1", Address: n1.addr, Suffrage: raft.Voter}})
+	leader := c.startReplica(n1, "s", []raft.Server{{ID: "n1", Address: n1.raftAddr("n1"), Suffrage: raft.Voter}})
 	if c.leader("s") != leader {
 		t.Fatal("n1 should lead its own group")
 	}
@@ -460,7 +472,7 @@ func TestRaftInstallSnapshotOverMux(t *testing.T) {
 	// A fresh follower can only catch up through InstallSnapshot.
 	n2 := c.addNode("n2")
 	follower := c.startReplica(n2, "s", nil)
-	if err := leader.raft.AddVoter("n2", n2.addr, 0, 5*time.Second).Error(); err != nil {
+	if err := leader.raft.AddVoter("n2", n2.raftAddr("n2"), 0, 5*time.Second).Error(); err != nil {
 		t.Fatal(err)
 	}
 	c.converge("s", 100)
@@ -474,11 +486,11 @@ func TestRaftInstallSnapshotOverMux(t *testing.T) {
 func TestRaftRPCsShareThePortWithGRPC(t *testing.T) {
 	c := newCluster(t)
 	a, b := c.addNode("a"), c.addNode("b")
-	la, err := a.mux.Group("g", a.addr)
+	la, err := a.mux.Group("g", "a", a.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lb, err := b.mux.Group("g", b.addr)
+	lb, err := b.mux.Group("g", "b", b.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -512,16 +524,16 @@ func TestRaftRPCsShareThePortWithGRPC(t *testing.T) {
 	}()
 	defer func() { close(stop); <-answered }()
 
-	header := raft.RPCHeader{ID: []byte("a"), Addr: []byte(a.addr)}
+	header := raft.RPCHeader{ID: []byte("a"), Addr: []byte(a.raftAddr("a"))}
 	var pv raft.RequestPreVoteResponse
-	if err := ta.RequestPreVote("b", b.addr, &raft.RequestPreVoteRequest{RPCHeader: header, Term: 7}, &pv); err != nil {
+	if err := ta.RequestPreVote("b", b.raftAddr("b"), &raft.RequestPreVoteRequest{RPCHeader: header, Term: 7}, &pv); err != nil {
 		t.Fatalf("RequestPreVote over the mux: %v", err)
 	}
 	if !pv.Granted || pv.Term != 7 {
 		t.Fatalf("pre-vote response %+v", pv)
 	}
 	var ae raft.AppendEntriesResponse
-	if err := ta.AppendEntries("b", b.addr, &raft.AppendEntriesRequest{RPCHeader: header, Term: 7}, &ae); err != nil || !ae.Success {
+	if err := ta.AppendEntries("b", b.raftAddr("b"), &raft.AppendEntriesRequest{RPCHeader: header, Term: 7}, &ae); err != nil || !ae.Success {
 		t.Fatalf("AppendEntries over the mux: %+v, %v", ae, err)
 	}
 
@@ -545,16 +557,84 @@ func TestRaftRPCsShareThePortWithGRPC(t *testing.T) {
 
 	// A group a does not host: b's dial is closed, the RPC fails, a's other
 	// traffic is unaffected.
-	lx, err := b.mux.Group("x", b.addr)
+	lx, err := b.mux.Group("x", "b", b.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tx := NewRaftTransport(lx, nil, nil)
 	defer tx.Close()
-	if err := tx.RequestPreVote("a", a.addr, &raft.RequestPreVoteRequest{RPCHeader: header, Term: 7}, &pv); err == nil {
+	if err := tx.RequestPreVote("a", a.raftAddr("a"), &raft.RequestPreVoteRequest{RPCHeader: header, Term: 7}, &pv); err == nil {
 		t.Fatal("RPC to a group the peer does not host succeeded")
 	}
-	if err := ta.RequestPreVote("b", b.addr, &raft.RequestPreVoteRequest{RPCHeader: header, Term: 8}, &pv); err != nil || pv.Term != 8 {
+	if err := ta.RequestPreVote("b", b.raftAddr("b"), &raft.RequestPreVoteRequest{RPCHeader: header, Term: 8}, &pv); err != nil || pv.Term != 8 {
 		t.Fatalf("RequestPreVote after the failed one: %+v, %v", pv, err)
+	}
+}
+
+// A voter that lost its data comes back as a new member of the group under
+// a new server id, with an empty log. A vote request addressed to the old
+// id must not reach it: an empty log grants any candidate its vote, and
+// that vote, counted as the old voter's, can elect a leader that lacks
+// committed entries. Addressed to the new id, the same request is answered
+// (so it is the target check, not the new replica, that withholds the
+// vote).
+func TestVoteForAWipedVoterIsRefused(t *testing.T) {
+	c := newCluster(t)
+	var servers []raft.Server
+	for _, id := range []raft.ServerID{"n1", "n2", "n3"} {
+		n := c.addNode(id)
+		servers = append(servers, raft.Server{ID: id + "/1", Address: n.raftAddr(id + "/1"), Suffrage: raft.Voter})
+	}
+	for _, n := range c.nodes {
+		c.startReplicaAs(n, n.id+"/1", "g", servers)
+	}
+	c.leader("g")
+	c.apply("g", 20)
+	c.converge("g", 20)
+
+	// Wipe n3's replica: gone with its log, then started again empty under
+	// a new id (as the cluster does for a node back with another instance).
+	n3 := c.nodes[2]
+	if err := n3.replicas["g"].stop(); err != nil {
+		t.Fatal(err)
+	}
+	fresh := c.startReplicaAs(n3, "n3/2", "g", nil)
+
+	// A candidate (n2's id, a higher term, a log behind the others) asks
+	// "n3/1" for its vote, from a fourth node's transport for the group.
+	candidate := c.nodes[1]
+	m4 := c.addNode("n4")
+	l4, err := m4.mux.Group("g", "n2/1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t4 := NewRaftTransport(l4, nil, nil)
+	defer t4.Close()
+	term := c.leader("g").raft.CurrentTerm() + 10
+	req := &raft.RequestVoteRequest{
+		RPCHeader:    raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("n2/1"), Addr: []byte(candidate.raftAddr("n2/1"))},
+		Term:         term,
+		LastLogIndex: 1,
+		LastLogTerm:  1,
+	}
+	before := n3.mux.Stats().WrongTarget
+	var resp raft.RequestVoteResponse
+	if err := t4.RequestVote("n3/1", n3.raftAddr("n3/1"), req, &resp); err == nil {
+		t.Fatalf("a vote request for the wiped voter's id was answered: %+v", resp)
+	}
+	if got := n3.mux.Stats().WrongTarget; got <= before {
+		t.Fatalf("WrongTarget %d, want it counted", got)
+	}
+	if got := fresh.raft.CurrentTerm(); got >= term {
+		t.Fatalf("the new replica saw the request: term %d", got)
+	}
+
+	// Addressed to the new replica's own id, it is delivered, and the empty
+	// log grants the vote: exactly what the old identity must never do.
+	if err := t4.RequestVote("n3/2", n3.raftAddr("n3/2"), req, &resp); err != nil {
+		t.Fatalf("vote request to the new replica's own id: %v", err)
+	}
+	if !resp.Granted {
+		t.Fatalf("control: the empty replica did not grant the vote (%+v); the test proves nothing", resp)
 	}
 }
