@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -56,6 +57,11 @@ type Config struct {
 	// Raft timing; defaults suit hundreds of groups per node.
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
+
+	// PeerDialer, if set, opens every connection this node makes to
+	// another node's peer port (Raft of every group, peer gRPC). Tests cut
+	// links with it (test/faultnet). Default: plain TCP.
+	PeerDialer func(ctx context.Context, addr string) (net.Conn, error)
 
 	Logger *slog.Logger
 }
