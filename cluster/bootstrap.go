@@ -61,6 +61,9 @@ func (n *Node) bootstrapChoice() ([]raft.Server, bool) {
 		if !m.Fresh {
 			return nil, false // a cluster exists; wait to be added to it
 		}
+		if m.Controller == "" {
+			return nil, false // a node that does not say its controller id
+		}
 		fresh = append(fresh, m)
 	}
 	if len(fresh) < n.cfg.BootstrapExpect {
@@ -76,7 +79,8 @@ func (n *Node) bootstrapChoice() ([]raft.Server, bool) {
 	chosen = chosen[:min(len(chosen), controllerVoters(len(chosen)))]
 	servers := make([]raft.Server, len(chosen))
 	for i, m := range chosen {
-		servers[i] = raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.ID), Address: raftAddr(m.Peer, raft.ServerID(m.ID))}
+		id := raft.ServerID(m.Controller)
+		servers[i] = raft.Server{Suffrage: raft.Voter, ID: id, Address: raftAddr(m.Peer, id)}
 	}
 	return servers, true
 }

@@ -42,7 +42,10 @@ func controllerVoters(alive int) int {
 
 func openController(n *Node) (*controller, error) {
 	c := &controller{n: n, fsm: fsm.NewCatalogFSM(), log: n.log.With("group", "controller")}
-	g, err := openGroup(n, storage.ControllerGroup(), raft.ServerID(n.id),
+	// The member's id is the one recorded in its store; a new store draws
+	// a new one, so a node that lost its controller state never answers
+	// as the member it was.
+	g, err := openGroup(n, storage.ControllerGroup(), "", newControllerServerID(n.id),
 		func(g *group) raft.FSM { return notifyingFSM[*fsm.Catalog]{c.fsm, g} }, c.log)
 	if err != nil {
 		return nil, err
@@ -79,7 +82,7 @@ func (c *controller) propose(ctx context.Context, cmd *fsmv1.CatalogCommand) (*f
 			res, err := c.applyLocal(ctx, cmd)
 			return res, "", err
 		}
-		leader := string(c.g.leaderID())
+		leader := nodeOfServer(c.g.leaderID())
 		if leader == "" {
 			return nil, "", errNoLeader
 		}
@@ -167,11 +170,9 @@ func (c *controller) reconcile(ctx context.Context) error {
 				errs = append(errs, err)
 				continue
 			}
-			if m.ID != string(c.g.id) {
-				if err := c.g.raft.RemoveServer(raft.ServerID(m.ID), 0, 5*time.Second).Error(); err != nil {
-					errs = append(errs, err)
-					continue
-				}
+			if err := c.removeStaleMembers(m); err != nil {
+				errs = append(errs, err)
+				continue
 			}
 		}
 		if ok && k.GetInstance() == info.GetInstance() && k.GetClientAddr() == info.GetClientAddr() && k.GetPeerAddr() == info.GetPeerAddr() &&
@@ -195,12 +196,35 @@ func nodeInfo(m Member) *fsmv1.NodeInfo {
 		HttpAddr: m.HTTP, Zone: m.Zone, Version: m.Version, Instance: m.Instance}
 }
 
+// removeStaleMembers takes out of the controller group every member of
+// node m other than the one m's gossip names (m.Controller): identities
+// whose state the node no longer has. The leader never removes itself.
+func (c *controller) removeStaleMembers(m Member) error {
+	if m.Controller == "" || m.ID == nodeOfServer(c.g.id) {
+		return nil
+	}
+	f := c.g.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	var errs []error
+	for _, s := range f.Configuration().Servers {
+		if nodeOfServer(s.ID) == m.ID && s.ID != raft.ServerID(m.Controller) {
+			c.log.Warn("removing a controller member whose state is gone", "node", m.ID, "server", s.ID, "now", m.Controller)
+			errs = append(errs, c.g.raft.RemoveServer(s.ID, 0, 5*time.Second).Error())
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func (c *controller) reconcileRaft(members []Member) error {
 	f := c.g.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return err
 	}
 	cfg := f.Configuration()
+	// in: the configuration by server id; a member's server id is
+	// m.Controller (the id of the state it holds now).
 	in := map[raft.ServerID]raft.Server{}
 	voters := 0
 	for _, s := range cfg.Servers {
@@ -217,73 +241,92 @@ func (c *controller) reconcileRaft(members []Member) error {
 	}
 	maxVoters := controllerVoters(alive)
 	var errs []error
+	remove := func(id raft.ServerID) {
+		if err := c.g.raft.RemoveServer(id, 0, 5*time.Second).Error(); err != nil {
+			errs = append(errs, err)
+			return
+		}
+		if in[id].Suffrage == raft.Voter {
+			voters--
+		}
+		delete(in, id)
+	}
+	byNode := map[string]Member{}
+	for _, m := range members {
+		byNode[m.ID] = m
+	}
 	// A voter gone for ReplaceAfter is removed (the live voters keep their
 	// majority) when a live node can take its vote (added below) or three
 	// voters remain anyway.
 	spare := 0
 	for _, m := range members {
-		if s, ok := in[raft.ServerID(m.ID)]; m.State == "alive" && (!ok || s.Suffrage != raft.Voter) {
+		if s, ok := in[raft.ServerID(m.Controller)]; m.State == "alive" && m.Controller != "" && (!ok || s.Suffrage != raft.Voter) {
 			spare++
 		}
 	}
 	if after := c.n.cfg.ReplaceAfter; after >= 0 {
-		byID := map[string]Member{}
-		for _, m := range members {
-			byID[m.ID] = m
-		}
 		for id, s := range in {
-			m, seen := byID[string(id)]
+			m, seen := byNode[nodeOfServer(id)]
 			gone := (seen && m.State != "alive" && time.Since(m.Since) >= after) || (!seen && time.Since(c.leaderSince) >= after)
 			if s.Suffrage != raft.Voter || !gone || id == c.g.id || (spare == 0 && voters-1 < 3) {
 				continue
 			}
-			c.log.Warn("controller voter gone: replacing it", "node", id)
-			if err := c.g.raft.RemoveServer(id, 0, 5*time.Second).Error(); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			delete(in, id)
-			voters--
+			c.log.Warn("controller voter gone: replacing it", "server", id)
+			remove(id)
 			spare--
 		}
 	}
-	// Nodes removed from the catalogue leave the group for good.
-	removed := map[string]bool{}
+	// Nodes removed from the catalogue, or that left, are out of the group
+	// for good; so is any member whose node now gossips another identity
+	// (its state is gone) once the catalogue knows the node's current
+	// instance (the lost replicas were replaced first: reconcile).
+	known := map[string]*fsmv1.NodeInfo{}
 	for _, n := range c.nodes() {
-		removed[n.GetId()] = n.GetState() == fsmv1.NodeState_NODE_STATE_REMOVED
-		id := raft.ServerID(n.GetId())
-		if s, ok := in[id]; ok && n.GetState() == fsmv1.NodeState_NODE_STATE_REMOVED && id != c.g.id {
-			errs = append(errs, c.g.raft.RemoveServer(id, 0, 5*time.Second).Error())
-			delete(in, id)
-			if s.Suffrage == raft.Voter {
-				voters--
-			}
+		known[n.GetId()] = n
+	}
+	for id := range in {
+		node := nodeOfServer(id)
+		if id == c.g.id {
+			continue
+		}
+		m, seen := byNode[node]
+		k, recorded := known[node]
+		switch {
+		case recorded && k.GetState() == fsmv1.NodeState_NODE_STATE_REMOVED:
+			remove(id)
+		case seen && m.State == "left":
+			remove(id)
+		case seen && m.State == "alive" && m.Controller != "" && raft.ServerID(m.Controller) != id &&
+			recorded && k.GetInstance() == m.Instance:
+			c.log.Warn("removing a controller member whose state is gone", "node", node, "server", id, "now", m.Controller)
+			remove(id)
 		}
 	}
 	for _, m := range members {
-		id := raft.ServerID(m.ID)
+		if m.State != "alive" || m.Controller == "" {
+			continue
+		}
+		if k, ok := known[m.ID]; ok && k.GetState() == fsmv1.NodeState_NODE_STATE_REMOVED {
+			continue
+		}
+		id := raft.ServerID(m.Controller)
+		addr := raftAddr(m.Peer, id)
 		s, ok := in[id]
 		switch {
-		case m.State == "left" && ok && id != c.g.id:
-			errs = append(errs, c.g.raft.RemoveServer(id, 0, 5*time.Second).Error())
-			if s.Suffrage == raft.Voter {
-				voters--
-			}
-		case m.State != "alive" || removed[m.ID]:
 		case !ok && voters < maxVoters:
-			errs = append(errs, c.g.raft.AddVoter(id, raftAddr(m.Peer, id), 0, 5*time.Second).Error())
+			errs = append(errs, c.g.raft.AddVoter(id, addr, 0, 5*time.Second).Error())
 			voters++
 		case !ok:
-			errs = append(errs, c.g.raft.AddNonvoter(id, raftAddr(m.Peer, id), 0, 5*time.Second).Error())
-		case s.Address != raftAddr(m.Peer, id):
-			// Same node, new address (a pod back with a new IP).
+			errs = append(errs, c.g.raft.AddNonvoter(id, addr, 0, 5*time.Second).Error())
+		case s.Address != addr:
+			// Same member, new address (a pod back with a new IP).
 			if s.Suffrage == raft.Voter {
-				errs = append(errs, c.g.raft.AddVoter(id, raftAddr(m.Peer, id), 0, 5*time.Second).Error())
+				errs = append(errs, c.g.raft.AddVoter(id, addr, 0, 5*time.Second).Error())
 			} else {
-				errs = append(errs, c.g.raft.AddNonvoter(id, raftAddr(m.Peer, id), 0, 5*time.Second).Error())
+				errs = append(errs, c.g.raft.AddNonvoter(id, addr, 0, 5*time.Second).Error())
 			}
 		case s.Suffrage != raft.Voter && voters < maxVoters:
-			errs = append(errs, c.g.raft.AddVoter(id, raftAddr(m.Peer, id), 0, 5*time.Second).Error())
+			errs = append(errs, c.g.raft.AddVoter(id, addr, 0, 5*time.Second).Error())
 			voters++
 		}
 	}
@@ -305,7 +348,7 @@ func (c *controller) node(id string) (*fsmv1.NodeInfo, bool) {
 	return out, ok
 }
 
-// voterIDs lists the controller group's voters, sorted.
+// voterIDs lists the nodes of the controller group's voters, sorted.
 func (c *controller) voterIDs() []string {
 	f := c.g.raft.GetConfiguration()
 	if f.Error() != nil {
@@ -314,7 +357,7 @@ func (c *controller) voterIDs() []string {
 	var ids []string
 	for _, s := range f.Configuration().Servers {
 		if s.Suffrage == raft.Voter {
-			ids = append(ids, string(s.ID))
+			ids = append(ids, nodeOfServer(s.ID))
 		}
 	}
 	slices.Sort(ids)

@@ -20,7 +20,7 @@ var (
 )
 
 // NotLeaderError says the node asked does not lead the group; Leader is its
-// best guess of who does ("" if none).
+// best guess of the node that does ("" if none).
 type NotLeaderError struct {
 	Group  string
 	Leader string
@@ -50,7 +50,7 @@ func (e *UnavailableError) Unwrap() error { return e.Err }
 func raftErr(err error, g *group) error {
 	switch {
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress):
-		return &NotLeaderError{Group: g.name.String(), Leader: string(g.leaderID())}
+		return &NotLeaderError{Group: g.name.String(), Leader: nodeOfServer(g.leaderID())}
 	case errors.Is(err, raft.ErrRaftShutdown):
 		return ErrShuttingDown
 	}

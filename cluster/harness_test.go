@@ -13,14 +13,17 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
+	"github.com/quorumq/quorumq/test/faultnet"
 )
 
 // testCluster is an in-process cluster: each node on its own 127.0.0.1
-// ports and data directory.
+// ports and data directory, its peer connections dialed through net, whose
+// links a test can cut (gossip is not cut).
 type testCluster struct {
 	t     testing.TB
 	nodes []*Node
 	cfgs  []Config
+	net   *faultnet.Network
 }
 
 func testLogger() *slog.Logger {
@@ -47,7 +50,7 @@ func startCluster(t testing.TB, size int) *testCluster {
 // startClusterWith starts size nodes, each configured by tune (if any).
 func startClusterWith(t testing.TB, size int, tune func(*Config)) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t}
+	c := &testCluster{t: t, net: faultnet.New()}
 	base := t.TempDir()
 	t.Cleanup(c.stop)
 	for i := range size {
@@ -57,6 +60,7 @@ func startClusterWith(t testing.TB, size int, tune func(*Config)) *testCluster {
 			join = []string{c.nodes[0].GossipAddr()}
 		}
 		cfg := nodeConfig(dir, fmt.Sprintf("n%d", i+1), size, join)
+		cfg.PeerDialer = c.net.Dialer(cfg.NodeID)
 		if tune != nil {
 			tune(&cfg)
 		}
@@ -64,6 +68,7 @@ func startClusterWith(t testing.TB, size int, tune func(*Config)) *testCluster {
 		if err != nil {
 			t.Fatalf("start node %d: %v", i+1, err)
 		}
+		c.net.Register(cfg.NodeID, n.PeerAddr())
 		c.nodes = append(c.nodes, n)
 		// A restart reuses the ports the node got.
 		cfg.ClientAddr, cfg.PeerAddr, cfg.GossipAddr, cfg.HTTPAddr = n.ClientAddr(), n.PeerAddr(), n.GossipAddr(), n.HTTPAddr()
@@ -126,6 +131,31 @@ func (c *testCluster) restart(i int) {
 	c.nodes[i] = n
 }
 
+// wipe crashes node i and deletes its data directory: a disk lost. The node
+// stays down until restart.
+func (c *testCluster) wipe(i int) {
+	c.t.Helper()
+	c.kill(i)
+	if err := os.RemoveAll(c.cfgs[i].DataDir); err != nil {
+		c.t.Fatalf("wipe n%d: %v", i+1, err)
+	}
+}
+
+// name is node i's id.
+func (c *testCluster) name(i int) string { return c.cfgs[i].NodeID }
+
+// cut takes down the peer links between the nodes of a and those of b.
+func (c *testCluster) cut(a, b []int) {
+	var as, bs []string
+	for _, i := range a {
+		as = append(as, c.name(i))
+	}
+	for _, i := range b {
+		bs = append(bs, c.name(i))
+	}
+	c.net.Cut(as, bs)
+}
+
 func (c *testCluster) stop() {
 	for _, n := range c.nodes {
 		if n != nil {
@@ -184,6 +214,7 @@ func (c *testCluster) addNode(tune func(*Config)) int {
 		}
 	}
 	cfg := nodeConfig(filepath.Join(c.t.TempDir(), fmt.Sprintf("n%d", i+1)), fmt.Sprintf("n%d", i+1), 0, join)
+	cfg.PeerDialer = c.net.Dialer(cfg.NodeID)
 	if tune != nil {
 		tune(&cfg)
 	}
@@ -191,6 +222,7 @@ func (c *testCluster) addNode(tune func(*Config)) int {
 	if err != nil {
 		c.t.Fatalf("start node %d: %v", i+1, err)
 	}
+	c.net.Register(cfg.NodeID, n.PeerAddr())
 	cfg.ClientAddr, cfg.PeerAddr, cfg.GossipAddr, cfg.HTTPAddr = n.ClientAddr(), n.PeerAddr(), n.GossipAddr(), n.HTTPAddr()
 	c.nodes = append(c.nodes, n)
 	c.cfgs = append(c.cfgs, cfg)

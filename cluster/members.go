@@ -141,7 +141,7 @@ func (r *replica) caughtUp(ctx context.Context, node string, id raft.ServerID, c
 	if catchUpTo[id] == 0 {
 		catchUpTo[id] = commit
 	}
-	resp, err := r.n.peers.read(ctx, node, &peerv1.ReadRequest{Group: &peerv1.Group{Queue: r.queue, QueueId: r.qid, Partition: r.part}, Local: true})
+	resp, err := r.n.peers.read(ctx, node, &peerv1.ReadRequest{Group: &peerv1.Group{Queue: r.queue, QueueId: r.qid, Partition: r.part}, Local: true, ServerId: string(id)})
 	if err != nil {
 		return false, fmt.Errorf("catch-up of %s: %w: %w", node, errNoReplica, err)
 	}

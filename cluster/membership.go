@@ -35,6 +35,10 @@ type Meta struct {
 	// Instance: the random id of the node's data directory; another one
 	// under the same node id means the node lost its data.
 	Instance string `json:"i,omitempty"`
+	// Controller: the server id of the node's member of the controller
+	// group. It changes when the node loses its controller state; the
+	// member it was is then gone for good.
+	Controller string `json:"r,omitempty"`
 }
 
 // Member is a node as this node's gossip sees it.

@@ -105,6 +105,11 @@ func (n *Node) writeMetrics(w io.Writer) {
 		fmt.Fprintf(w, "# TYPE quorumq_partitions_moving gauge\nquorumq_partitions_moving %d\n", moving)
 	}
 
+	ms := n.mux.Stats()
+	fmt.Fprintln(w, "# TYPE quorumq_raft_conns_refused_total counter")
+	fmt.Fprintf(w, "quorumq_raft_conns_refused_total{reason=\"unknown_group\"} %d\nquorumq_raft_conns_refused_total{reason=\"wrong_member\"} %d\nquorumq_raft_conns_refused_total{reason=\"bad_header\"} %d\n",
+		ms.UnknownGroup, ms.WrongTarget, ms.BadHeader)
+
 	ls := n.shared.Stats()
 	fmt.Fprintf(w, "# TYPE quorumq_log_commits_total counter\nquorumq_log_commits_total %d\n", ls.Commits)
 	fmt.Fprintf(w, "# TYPE quorumq_log_commit_requests_total counter\nquorumq_log_commit_requests_total %d\n", ls.Requests)

@@ -31,8 +31,11 @@ type Node struct {
 	cfg Config
 	log *slog.Logger
 	id  string
-	// instance: the data directory's random id (storage.Dir.Instance).
+	// instance: the data directory's random id (storage.Dir.Instance),
+	// checked against the partition state (bindInstance).
 	instance string
+	// ids: the node-level identity records (identity.go).
+	ids *identities
 	// removed: this node learnt it was removed and left gossip (touched
 	// only by replicaLoop).
 	removed bool
@@ -93,10 +96,10 @@ func Start(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	n.log = cfg.Logger.With("node", n.id)
-	if n.instance, err = n.dir.Instance(); err != nil {
+	if n.shared, err = n.dir.OpenSharedLog(n.log); err != nil {
 		return nil, err
 	}
-	if n.shared, err = n.dir.OpenSharedLog(n.log); err != nil {
+	if n.instance, n.ids, err = bindInstance(n.dir, n.shared, n.log); err != nil {
 		return nil, err
 	}
 	if dropped, err := n.dir.PruneSharedLog(n.shared); err != nil {
@@ -121,7 +124,12 @@ func Start(cfg Config) (n *Node, err error) {
 	n.clientAddr = cfg.advertise(cfg.ClientAddr, n.clientLn.Addr().(*net.TCPAddr).Port)
 
 	n.mux = transport.NewMux(n.peerLn, n.log)
-	n.peers = &peerClient{n: n, pool: transport.NewPool()}
+	var poolOpts []grpc.DialOption
+	if cfg.PeerDialer != nil {
+		n.mux.Dial = cfg.PeerDialer
+		poolOpts = append(poolOpts, grpc.WithContextDialer(cfg.PeerDialer))
+	}
+	n.peers = &peerClient{n: n, pool: transport.NewPool(poolOpts...)}
 	n.replicas = &replicaSet{n: n, m: map[groupKey]*replica{}}
 
 	if n.ctrl, err = openController(n); err != nil {
@@ -133,7 +141,7 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	n.gossip, err = newMembership(cfg.GossipAddr, gossipAddr, Meta{
 		ID: n.id, Client: n.clientAddr, Peer: n.peerAddr, HTTP: n.httpAddr, Zone: cfg.Zone,
-		Version: Version, Fresh: !n.ctrl.hasState(), Instance: n.instance,
+		Version: Version, Fresh: !n.ctrl.hasState(), Instance: n.instance, Controller: string(n.ctrl.g.id),
 	}, n.log)
 	if err != nil {
 		return nil, err

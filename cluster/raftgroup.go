@@ -60,12 +60,23 @@ func raftConfig(id raft.ServerID, c *Config, log *slog.Logger) *raft.Config {
 }
 
 // serverIDKey is where a group's stable store keeps this member's Raft
-// server id, so that a restarted node finds its identity in each group.
+// server id, so that a restarted node finds its identity in each group. It
+// is written before Raft first runs on the store, so a member's identity
+// and the state it voted and acknowledged with live and die together: a
+// node that lost the store has lost the identity too (see DESIGN.md,
+// "Identity").
 var serverIDKey = []byte("quorumq/server-id")
 
+// errIdentityMismatch: the store holds another member's state.
+var errIdentityMismatch = errors.New("the group's store belongs to another member")
+
 // openGroup starts a raft instance for name with the FSM mk makes for it.
-// id is this member's server id; "" means the one recorded in the group.
-func openGroup(n *Node, name storage.GroupName, id raft.ServerID, mk func(*group) raft.FSM, log *slog.Logger) (*group, error) {
+// id is this member's server id: the one recorded in the group's store
+// must be id (a store of another member is errIdentityMismatch, and a
+// store with state but no recorded id is refused too); a new store records
+// id before Raft runs. id "" means the one recorded in the group, which
+// must exist; newID, if not "", is the id a store without one takes.
+func openGroup(n *Node, name storage.GroupName, id, newID raft.ServerID, mk func(*group) raft.FSM, log *slog.Logger) (*group, error) {
 	g := &group{name: name, applied: make(chan struct{}), leaderCh: make(chan bool, 8)}
 	var opts []storage.GroupOption
 	if !name.IsController() {
@@ -76,26 +87,18 @@ func openGroup(n *Node, name storage.GroupName, id raft.ServerID, mk func(*group
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
 	g.store = store
-	if id == "" {
-		rec, err := store.Stable.Get(serverIDKey)
-		if err != nil || len(rec) == 0 {
-			store.Close()
-			return nil, fmt.Errorf("open %s: no server id recorded (%v)", name, err)
-		}
-		id = raft.ServerID(rec)
-	} else if err := store.Stable.Set(serverIDKey, []byte(id)); err != nil {
+	if g.id, err = groupIdentity(store, id, newID); err != nil {
 		store.Close()
-		return nil, fmt.Errorf("open %s: record server id: %w", name, err)
+		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
-	g.id = id
-	layer, err := n.mux.Group(name.String(), raft.ServerAddress(n.peerAddr))
+	layer, err := n.mux.Group(name.String(), g.id, raft.ServerAddress(n.peerAddr))
 	if err != nil {
 		store.Close()
 		return nil, fmt.Errorf("transport for %s: %w", name, err)
 	}
 	g.layer = layer
 	g.trans = transport.NewRaftTransport(layer, log, peerAddrs{n})
-	rc := raftConfig(id, &n.cfg, log)
+	rc := raftConfig(g.id, &n.cfg, log)
 	rc.NotifyCh = g.leaderCh
 	r, err := raft.NewRaft(rc, mk(g), store.Log, store.Stable, store.Snapshots, g.trans)
 	if err != nil {
@@ -105,6 +108,34 @@ func openGroup(n *Node, name storage.GroupName, id raft.ServerID, mk func(*group
 	}
 	g.raft = r
 	return g, nil
+}
+
+// groupIdentity returns the server id a member opening store answers as
+// (see openGroup), recording it first in a store that has none.
+func groupIdentity(store *storage.GroupStore, id, newID raft.ServerID) (raft.ServerID, error) {
+	rec, err := store.Stable.Get(serverIDKey)
+	if err != nil && !errors.Is(err, storage.ErrKeyNotFound) {
+		return "", fmt.Errorf("read server id: %w", err)
+	}
+	if len(rec) > 0 {
+		if id != "" && raft.ServerID(rec) != id {
+			return "", fmt.Errorf("%w: %s, not %s", errIdentityMismatch, rec, id)
+		}
+		return raft.ServerID(rec), nil
+	}
+	if newID == "" || id != "" && id != newID {
+		return "", errors.New("no server id recorded")
+	}
+	id = newID
+	// State without a recorded id cannot have been written by this code
+	// (the id goes first): whose it is is unknown, so it is nobody's.
+	if has, err := store.HasState(); err != nil || has {
+		return "", fmt.Errorf("%w: state without a recorded server id (%v)", errIdentityMismatch, err)
+	}
+	if err := store.Stable.Set(serverIDKey, []byte(id)); err != nil {
+		return "", fmt.Errorf("record server id: %w", err)
+	}
+	return id, nil
 }
 
 // bootstrap forms the group with servers unless it already has state.
@@ -212,7 +243,7 @@ func (p peerAddrs) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
 	}
 	for _, m := range g.members() {
 		if m.ID == node && m.State == "alive" && m.Peer != "" {
-			return raft.ServerAddress(m.Peer), nil
+			return raftAddr(m.Peer, id), nil
 		}
 	}
 	return "", fmt.Errorf("no live member %s", node)
@@ -220,8 +251,10 @@ func (p peerAddrs) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
 
 // raftAddr is the address a Raft configuration holds for server id on a
 // node whose peer address is peer: the address, tagged with the server id
-// (transport.DialAddress strips the tag), so that a new node at a dead
-// one's address can join a group the dead one is still a member of.
+// (transport.Address). The id tells the node which member a connection is
+// for, so it never answers for a member it does not hold; it also lets a
+// new node at a dead one's address join a group the dead one is still a
+// member of.
 func raftAddr(peer string, id raft.ServerID) raft.ServerAddress {
-	return raft.ServerAddress(peer + "#" + string(id))
+	return transport.Address(peer, id)
 }

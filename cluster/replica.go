@@ -2,8 +2,8 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -32,27 +32,19 @@ type replica struct {
 	done   chan struct{}
 }
 
-// replicaServerID is the Raft server id of a replica: "<node>/<epoch>", so
-// a replica placed again on a node never reuses an old identity.
-func replicaServerID(node string, epoch uint64) raft.ServerID {
-	return raft.ServerID(node + "/" + strconv.FormatUint(epoch, 10))
-}
-
-// nodeOfServer is the node id part of a replica server id.
-func nodeOfServer(id raft.ServerID) string {
-	s := string(id)
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == '/' {
-			return s[:i]
-		}
-	}
-	return s
-}
-
-func startReplica(n *Node, name storage.GroupName, id raft.ServerID) (*replica, error) {
+// startReplica starts this node's member id of the partition group name;
+// id "" is the one recorded in the group's store. A store that belongs to
+// another member is errIdentityMismatch. With create, a store without a
+// recorded id takes id (the caller has recorded the creation); without,
+// it is refused.
+func startReplica(n *Node, name storage.GroupName, id raft.ServerID, create bool) (*replica, error) {
 	r := &replica{n: n, fsm: fsm.NewPartitionFSM(), queue: name.Queue(), qid: name.QueueID(), part: name.Partition(), done: make(chan struct{})}
 	r.log = n.log.With("queue", r.queue, "partition", r.part)
-	g, err := openGroup(n, name, id, func(g *group) raft.FSM { return notifyingFSM[*fsm.Partition]{r.fsm, g} }, r.log)
+	var newID raft.ServerID
+	if create {
+		newID = id
+	}
+	g, err := openGroup(n, name, id, newID, func(g *group) raft.FSM { return notifyingFSM[*fsm.Partition]{r.fsm, g} }, r.log)
 	if err != nil {
 		return nil, err
 	}
@@ -196,6 +188,9 @@ type replicaSet struct {
 	n  *Node
 	mu sync.RWMutex
 	m  map[groupKey]*replica
+	// closed: stopAll ran; a replica started after it (by a reconcile
+	// that was under way) is stopped at once.
+	closed bool
 }
 
 type groupKey struct {
@@ -228,14 +223,17 @@ func (s *replicaSet) startOnDisk() error {
 		return err
 	}
 	for _, name := range names {
-		r, err := startReplica(s.n, name, "") // the id recorded in the group
+		r, err := startReplica(s.n, name, "", false) // the id recorded in the group
 		if err != nil {
 			s.n.log.Warn("replica on disk not started", "group", name.String(), "err", err)
 			continue
 		}
-		s.mu.Lock()
-		s.m[groupKey{name.Queue(), name.Partition()}] = r
-		s.mu.Unlock()
+		// Data written before the node recorded the replicas it created
+		// (an upgrade) still counts as created.
+		if err := s.n.ids.recordCreated(name, epochOfServer(r.g.id)); err != nil {
+			s.n.log.Warn("record replica", "group", name.String(), "err", err)
+		}
+		s.add(r)
 	}
 	return nil
 }
@@ -298,11 +296,50 @@ func (s *replicaSet) reconcile() {
 
 func (s *replicaSet) start(q *fsmv1.QueueInfo, pa *fsmv1.PartitionAssignment, self *fsmv1.Replica) {
 	name := storage.PartitionGroup(q.GetName(), q.GetId(), pa.GetPartition())
-	id := replicaServerID(s.n.id, self.GetEpoch())
+	epoch := self.GetEpoch()
+	id := replicaServerID(s.n.id, epoch)
+	created, err := s.n.ids.createdEpoch(name)
+	if err != nil {
+		s.n.log.Error("start replica: read the replicas created here", "group", name.String(), "err", err)
+		return
+	}
+	if epoch <= created {
+		// This node created that identity (or a later one) before. It may
+		// run it again only from the state created under it; a catalogue
+		// that asks for it otherwise is stale (a restart before catching
+		// up), and nothing is touched.
+		if _, ok := s.get(q.GetName(), pa.GetPartition()); ok {
+			return // whatever runs holds another member's state, not this one's
+		}
+		r, err := startReplica(s.n, name, id, false)
+		if err != nil {
+			if !errors.Is(err, errIdentityMismatch) && !errors.Is(err, storage.ErrGroupMismatch) {
+				s.n.log.Warn("replica not started: its identity was used on this node before and its state is gone", "group", name.String(), "server", id, "err", err)
+			}
+			return
+		}
+		s.add(r)
+		return
+	}
 	if old, ok := s.get(q.GetName(), pa.GetPartition()); ok {
 		s.remove(old) // an older queue with the same name, or an older epoch
 	}
-	r, err := startReplica(s.n, name, id)
+	if err := s.n.ids.recordCreated(name, epoch); err != nil {
+		s.n.log.Error("start replica: record its creation", "group", name.String(), "err", err)
+		return
+	}
+	r, err := startReplica(s.n, name, id, true)
+	if errors.Is(err, errIdentityMismatch) || errors.Is(err, storage.ErrGroupMismatch) {
+		// What is on disk belongs to another member (an older epoch, an
+		// older queue of that name, a store whose owner is unknown): a new
+		// member starts from nothing, never from another one's state.
+		s.n.log.Info("removing another member's data before starting a replica", "group", name.String(), "server", id, "err", err)
+		if err := s.n.dir.RemoveGroup(name, storage.WithSharedLog(s.n.shared)); err != nil {
+			s.n.log.Error("remove replica data", "group", name.String(), "err", err)
+			return
+		}
+		r, err = startReplica(s.n, name, id, true)
+	}
 	if err != nil {
 		s.n.log.Error("start replica", "group", name.String(), "err", err)
 		return
@@ -330,10 +367,21 @@ func (s *replicaSet) start(q *fsmv1.QueueInfo, pa *fsmv1.PartitionAssignment, se
 			r.log.Error("bootstrap partition", "err", err)
 		}
 	}
+	s.add(r)
+}
+
+func (s *replicaSet) add(r *replica) {
 	s.mu.Lock()
-	s.m[groupKey{q.GetName(), pa.GetPartition()}] = r
+	if s.closed {
+		s.mu.Unlock()
+		if err := r.stop(); err != nil {
+			r.log.Warn("stop replica", "err", err)
+		}
+		return
+	}
+	s.m[groupKey{r.queue, r.part}] = r
 	s.mu.Unlock()
-	r.log.Info("replica started", "server", id)
+	r.log.Info("replica started", "server", r.g.id)
 }
 
 func (s *replicaSet) remove(r *replica) {
@@ -355,6 +403,9 @@ func (s *replicaSet) remove(r *replica) {
 // timeout (a configuration change, a peer that does not answer) must not
 // hold the others up.
 func (s *replicaSet) stopAll() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, r := range s.all() {
 		wg.Go(func() {

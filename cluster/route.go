@@ -6,8 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/raft"
-
 	"github.com/quorumq/quorumq/fsm"
 	fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
 	peerv1 "github.com/quorumq/quorumq/proto/quorumq/peer/v1"
@@ -103,7 +101,7 @@ func onLeader[T any](ctx context.Context, n *Node, q *fsmv1.QueueInfo, p uint32,
 		case err == nil:
 			n.routes.set(k, target)
 		case errors.As(err, &nle):
-			n.routes.set(k, nodeOfServer(raft.ServerID(nle.Leader)))
+			n.routes.set(k, nle.Leader)
 		case isUnavailable(err):
 			n.routes.set(k, "")
 		}

@@ -23,7 +23,7 @@ type clusterServer struct {
 
 func (s *clusterServer) Status(ctx context.Context, req *qv1.StatusRequest) (*qv1.StatusResponse, error) {
 	n := s.n
-	resp := &qv1.StatusResponse{NodeId: n.id, Version: Version, ControllerLeader: string(n.ctrl.g.leaderID()), Ready: n.notReady() == ""}
+	resp := &qv1.StatusResponse{NodeId: n.id, Version: Version, ControllerLeader: nodeOfServer(n.ctrl.g.leaderID()), Ready: n.notReady() == ""}
 	for _, m := range n.gossip.members() {
 		if m.State == "alive" {
 			resp.Members++

@@ -43,7 +43,7 @@ func (s *peerServer) Propose(ctx context.Context, req *peerv1.ProposeRequest) (*
 	res, err := r.propose(ctx, req.GetCommand())
 	var nle *NotLeaderError
 	if errors.As(err, &nle) {
-		return &peerv1.ProposeResponse{NotLeader: &peerv1.NotLeader{LeaderId: nodeOfServer(raft.ServerID(nle.Leader))}}, nil
+		return &peerv1.ProposeResponse{NotLeader: &peerv1.NotLeader{LeaderId: nle.Leader}}, nil
 	}
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
@@ -68,6 +68,9 @@ func (s *peerServer) Read(ctx context.Context, req *peerv1.ReadRequest) (*peerv1
 		if !ok || r.qid != g.GetQueueId() {
 			return nil, status.Errorf(codes.NotFound, "no replica of %s here", groupString(g))
 		}
+		if id := req.GetServerId(); id != "" && raft.ServerID(id) != r.g.id {
+			return nil, status.Errorf(codes.NotFound, "the replica of %s here is %s, not %s", groupString(g), r.g.id, id)
+		}
 		return r.read(req), nil
 	}
 	r, nl := s.leading(req.GetGroup())
@@ -80,7 +83,7 @@ func (s *peerServer) Read(ctx context.Context, req *peerv1.ReadRequest) (*peerv1
 func (s *peerServer) ProposeCatalog(ctx context.Context, req *peerv1.ProposeCatalogRequest) (*peerv1.ProposeCatalogResponse, error) {
 	c := s.n.ctrl
 	if c.g.raft.State() != raft.Leader {
-		return &peerv1.ProposeCatalogResponse{NotLeader: &peerv1.NotLeader{LeaderId: string(c.g.leaderID())}}, nil
+		return &peerv1.ProposeCatalogResponse{NotLeader: &peerv1.NotLeader{LeaderId: nodeOfServer(c.g.leaderID())}}, nil
 	}
 	if err := fsm.ValidateCatalogCommand(req.GetCommand()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, invalidMessage(err))

@@ -11,14 +11,15 @@ import (
 )
 
 // Instance returns the random id of this data directory, creating it the
-// first time. It changes only when the directory is wiped: a node that
-// comes back under its old node id with another instance has lost its
-// data, and the cluster must not count it as a replica it was.
-func (d *Dir) Instance() (string, error) {
+// first time (created is then true). It changes only when the directory is
+// wiped, or by RotateInstance: a node that comes back under its old node id
+// with another instance has lost its data, and the cluster must not count
+// it as a replica it was.
+func (d *Dir) Instance() (id string, created bool, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.lock == nil {
-		return "", ErrClosed
+		return "", false, ErrClosed
 	}
 	p := filepath.Join(d.path, instanceFile)
 	b, err := os.ReadFile(p)
@@ -26,18 +27,36 @@ func (d *Dir) Instance() (string, error) {
 	case err == nil:
 		id := strings.TrimSpace(string(b))
 		if len(id) != 32 {
-			return "", fmt.Errorf("storage: %s is corrupt: %q", p, b)
+			return "", false, fmt.Errorf("storage: %s is corrupt: %q", p, b)
 		}
-		return id, nil
+		return id, false, nil
 	case errors.Is(err, os.ErrNotExist):
-		var r [16]byte
-		_, _ = rand.Read(r[:])
-		id := hex.EncodeToString(r[:])
-		if err := writeFileAtomic(p, []byte(id+"\n")); err != nil {
-			return "", fmt.Errorf("storage: persist instance: %w", err)
-		}
-		return id, nil
+		id, err := d.newInstance()
+		return id, err == nil, err
 	default:
-		return "", fmt.Errorf("storage: read instance: %w", err)
+		return "", false, fmt.Errorf("storage: read instance: %w", err)
 	}
+}
+
+// RotateInstance gives the directory a new instance id, for a node that
+// found part of its state gone: the cluster then treats all of it as lost
+// and replaces every replica the node held.
+func (d *Dir) RotateInstance() (string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lock == nil {
+		return "", ErrClosed
+	}
+	return d.newInstance()
+}
+
+// newInstance writes a new random instance id; d.mu is held.
+func (d *Dir) newInstance() (string, error) {
+	var r [16]byte
+	_, _ = rand.Read(r[:])
+	id := hex.EncodeToString(r[:])
+	if err := writeFileAtomic(filepath.Join(d.path, instanceFile), []byte(id+"\n")); err != nil {
+		return "", fmt.Errorf("storage: persist instance: %w", err)
+	}
+	return id, nil
 }

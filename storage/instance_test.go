@@ -10,14 +10,21 @@ import (
 func TestInstance(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "data")
 	d := mustOpen(t, path)
-	a, err := d.Instance()
-	if err != nil || len(a) != 32 {
-		t.Fatalf("Instance() = %q, %v", a, err)
+	a, created, err := d.Instance()
+	if err != nil || len(a) != 32 || !created {
+		t.Fatalf("Instance() = %q, %v, %v", a, created, err)
 	}
 	d.Close()
 	d = mustOpen(t, path)
-	if b, err := d.Instance(); err != nil || b != a {
-		t.Fatalf("after reopen Instance() = %q, %v; want %q", b, err, a)
+	if b, created, err := d.Instance(); err != nil || b != a || created {
+		t.Fatalf("after reopen Instance() = %q, %v, %v; want %q, not created", b, created, err, a)
+	}
+	r, err := d.RotateInstance()
+	if err != nil || r == a || len(r) != 32 {
+		t.Fatalf("RotateInstance() = %q, %v", r, err)
+	}
+	if b, created, err := d.Instance(); err != nil || b != r || created {
+		t.Fatalf("after a rotation Instance() = %q, %v, %v; want %q", b, created, err, r)
 	}
 	d.Close()
 	if err := os.RemoveAll(path); err != nil {
@@ -25,13 +32,13 @@ func TestInstance(t *testing.T) {
 	}
 	d = mustOpen(t, path)
 	defer d.Close()
-	if c, err := d.Instance(); err != nil || c == a {
+	if c, _, err := d.Instance(); err != nil || c == a || c == r {
 		t.Fatalf("after a wipe Instance() = %q, %v; want a new one", c, err)
 	}
 	if err := os.WriteFile(filepath.Join(path, instanceFile), []byte("short\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.Instance(); err == nil {
+	if _, _, err := d.Instance(); err == nil {
 		t.Fatal("a corrupt instance file was accepted")
 	}
 }

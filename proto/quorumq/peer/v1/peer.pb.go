@@ -929,7 +929,11 @@ type ReadRequest struct {
 	DeadLimit   uint32 `protobuf:"varint,4,opt,name=dead_limit,json=deadLimit,proto3" json:"dead_limit,omitempty"`
 	// local: answer from this node's replica, leader or not (its applied
 	// index tells how far it has caught up).
-	Local         bool `protobuf:"varint,5,opt,name=local,proto3" json:"local,omitempty"`
+	Local bool `protobuf:"varint,5,opt,name=local,proto3" json:"local,omitempty"`
+	// server_id, with local: answer only if the local replica is exactly
+	// this member (NOT_FOUND otherwise), so that the caller never takes
+	// another member's progress for the one it asks about.
+	ServerId      string `protobuf:"bytes,6,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -997,6 +1001,13 @@ func (x *ReadRequest) GetLocal() bool {
 		return x.Local
 	}
 	return false
+}
+
+func (x *ReadRequest) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
 }
 
 type ReadResponse struct {
@@ -1421,7 +1432,7 @@ const file_quorumq_peer_v1_peer_proto_rawDesc = "" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x14\n" +
 	"\x05voter\x18\x02 \x01(\bR\x05voter\x12\x1f\n" +
 	"\vmatch_index\x18\x03 \x01(\x04R\n" +
-	"matchIndex\"\xb2\x01\n" +
+	"matchIndex\"\xcf\x01\n" +
 	"\vReadRequest\x12,\n" +
 	"\x05group\x18\x01 \x01(\v2\x16.quorumq.peer.v1.GroupR\x05group\x12!\n" +
 	"\fdead_letters\x18\x02 \x01(\bR\vdeadLetters\x12\x1d\n" +
@@ -1429,7 +1440,8 @@ const file_quorumq_peer_v1_peer_proto_rawDesc = "" +
 	"dead_after\x18\x03 \x01(\x04R\tdeadAfter\x12\x1d\n" +
 	"\n" +
 	"dead_limit\x18\x04 \x01(\rR\tdeadLimit\x12\x14\n" +
-	"\x05local\x18\x05 \x01(\bR\x05local\"\x8a\x03\n" +
+	"\x05local\x18\x05 \x01(\bR\x05local\x12\x1b\n" +
+	"\tserver_id\x18\x06 \x01(\tR\bserverId\"\x8a\x03\n" +
 	"\fReadResponse\x129\n" +
 	"\n" +
 	"not_leader\x18\x01 \x01(\v2\x1a.quorumq.peer.v1.NotLeaderR\tnotLeader\x12,\n" +
