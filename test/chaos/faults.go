@@ -15,6 +15,7 @@ import (
 
 	"github.com/quorumq/quorumq/client"
 	"github.com/quorumq/quorumq/test/netns"
+	"github.com/quorumq/quorumq/test/verify"
 )
 
 // Kind is a kind of fault.
@@ -33,16 +34,22 @@ const (
 	Bridge         Kind = "bridge"          // two sides that only one node sees
 	OneWay         Kind = "one-way"         // packets from one node to another dropped
 	Wipe           Kind = "wipe"            // a node loses its data directory
+	WipeLeader     Kind = "wipe-leader"     // a busy partition's leader loses its data right after an ack, restarts at once
 	Replace        Kind = "replace"         // a node dies for good; a new one takes its place
 	RollingRestart Kind = "rolling-restart" // every node stopped and started in turn
 )
 
 // AllKinds is every fault kind.
 var AllKinds = []Kind{KillNode, KillLeader, KillController, KillMajority, Pause, IsolateNode, IsolateLeader,
-	Split, Bridge, OneWay, Wipe, Replace, RollingRestart}
+	Split, Bridge, OneWay, Wipe, WipeLeader, Replace, RollingRestart}
 
-// ShortKinds is the CI set: kill and isolate a leader, pause a node.
-var ShortKinds = []Kind{KillLeader, IsolateLeader, Pause}
+// FullKinds is what make chaos draws from: every kind, wipe-leader three
+// times as often as the others (the fault that lost acknowledged messages
+// before replicas were bound to their identity).
+var FullKinds = append(slices.Clone(AllKinds), WipeLeader, WipeLeader)
+
+// ShortKinds is the CI set: kill, isolate and wipe a leader, pause a node.
+var ShortKinds = []Kind{KillLeader, IsolateLeader, Pause, WipeLeader}
 
 // Fault is one scheduled fault: its kind, the hosts it picks (1-based),
 // and how long it lasts.
@@ -79,9 +86,10 @@ func Schedule(seed uint64, kinds []Kind, n, nodes int) []Fault {
 
 // injector applies faults to a cluster.
 type injector struct {
-	c   *netns.Cluster
-	cli *client.Client
-	log io.Writer // the timeline
+	c    *netns.Cluster
+	cli  *client.Client
+	hist *verify.History // the workload's, to strike right after an ack
+	log  io.Writer       // the timeline
 	// ids maps a host to the node id it runs as (a replaced node gets a
 	// new one).
 	ids map[int]string
@@ -205,6 +213,27 @@ func (in *injector) apply(ctx context.Context, queue string, f Fault) error {
 		}
 		sleep(ctx, f.Hold)
 		return restart(a)
+	case WipeLeader:
+		// The leader of a partition under load loses its disk the moment
+		// after it acknowledged an enqueue, and comes back at once: the
+		// acknowledged entries are then on a bare majority, one of which
+		// is the wiped node's old identity.
+		l := in.leaderHost(ctx, queue, f)
+		acked := in.hist.AckedOn(queue, 0)
+		select {
+		case <-acked:
+		case <-time.After(10 * time.Second):
+			in.logf("wipe-leader: no acknowledged enqueue on partition 0 in 10s; wiping anyway")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := c.Kill(l); err != nil {
+			return err
+		}
+		if err := c.Wipe(l); err != nil {
+			return err
+		}
+		return restart(l)
 	case Replace:
 		// The node dies for good: a new node, under a new id, takes its
 		// host; the cluster moves the dead node's replicas onto it.

@@ -133,6 +133,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("workload setup: %w", err)
 	}
 	queue := w.Queues()[0]
+	in.hist = w.History()
 	wctx, stopWorkload := context.WithCancel(ctx)
 	workDone := make(chan error, 1)
 	go func() { workDone <- w.Run(wctx) }()
@@ -154,7 +155,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		rctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 		rerr := c.WaitReady(rctx)
 		cancel()
-		if rerr == nil && (f.Kind == Wipe || f.Kind == Replace) {
+		if rerr == nil && (f.Kind == Wipe || f.Kind == WipeLeader || f.Kind == Replace) {
 			live := map[string]bool{}
 			for _, id := range in.ids {
 				live[id] = true

@@ -118,6 +118,14 @@ type History struct {
 	mu     sync.Mutex
 	ops    []Op
 	counts map[Kind]map[Outcome]int
+	acks   []ackWaiter // see AckedOn
+}
+
+// ackWaiter is closed by the next acknowledged enqueue on a partition.
+type ackWaiter struct {
+	queue     string
+	partition uint32
+	ch        chan struct{}
 }
 
 // NewHistory returns an empty history.
@@ -134,6 +142,28 @@ func (h *History) Add(op Op) {
 		h.counts[op.Kind] = map[Outcome]int{}
 	}
 	h.counts[op.Kind][op.Outcome]++
+	if op.Kind == KindEnqueue && op.Outcome == OK && len(h.acks) > 0 {
+		keep := h.acks[:0]
+		for _, w := range h.acks {
+			if w.queue == op.Queue && w.partition == op.Partition {
+				close(w.ch)
+				continue
+			}
+			keep = append(keep, w)
+		}
+		h.acks = keep
+	}
+}
+
+// AckedOn returns a channel closed as soon as an enqueue acknowledged on
+// partition p of queue is added after this call: a fault can strike right
+// after an acknowledgement.
+func (h *History) AckedOn(queue string, p uint32) <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ch := make(chan struct{})
+	h.acks = append(h.acks, ackWaiter{queue, p, ch})
+	return ch
 }
 
 // Ops returns a copy of the operations, in the order they were added.
