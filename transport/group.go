@@ -105,6 +105,14 @@ func (l *GroupLayer) Dial(address raft.ServerAddress, timeout time.Duration) (ne
 	if err != nil {
 		return nil, err
 	}
+	if l.m.Security != nil {
+		tc, err := l.m.clientHandshake(ctx, c, target)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		c = tc
+	}
 	if timeout > 0 {
 		if err := c.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
 			c.Close()

@@ -7,6 +7,7 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,6 +56,10 @@ type Mux struct {
 	// Dial opens the connections of every GroupLayer's Dial; nil means a
 	// plain TCP net.Dialer. Set it before registering groups.
 	Dial Dialer
+	// Security, if set, makes the port mutual TLS (see Security). Set it
+	// before Serve and before registering groups.
+	Security  *Security
+	serverTLS *tls.Config // from Security, built by Serve
 
 	l    net.Listener
 	log  *slog.Logger
@@ -69,7 +74,7 @@ type Mux struct {
 	wg       sync.WaitGroup        // Serve and the per-connection goroutines
 
 	stats struct {
-		accepted, grpc, raft, badHeader, unknownGroup, wrongTarget, dropped atomic.Uint64
+		accepted, grpc, raft, badHeader, unknownGroup, wrongTarget, dropped, tlsFailed, unauthorized atomic.Uint64
 	}
 	// refusedLog rate-limits the warnings about refused Raft connections.
 	refusedLog rateLimit
@@ -84,6 +89,8 @@ type MuxStats struct {
 	UnknownGroup uint64 // closed: Raft header for a group that is not registered
 	WrongTarget  uint64 // closed: Raft header for a member of a registered group that this node does not hold (an old or wiped identity)
 	Dropped      uint64 // closed: identified, but its listener was closed or did not accept it in time
+	TLSFailed    uint64 // closed: the TLS handshake failed (no certificate, another CA, too slow)
+	Unauthorized uint64 // closed: a valid certificate of a node that may not use the port
 }
 
 // NewMux returns a Mux that will serve l. It starts nothing; call Serve.
@@ -116,6 +123,8 @@ func (m *Mux) Stats() MuxStats {
 		UnknownGroup: m.stats.unknownGroup.Load(),
 		WrongTarget:  m.stats.wrongTarget.Load(),
 		Dropped:      m.stats.dropped.Load(),
+		TLSFailed:    m.stats.tlsFailed.Load(),
+		Unauthorized: m.stats.unauthorized.Load(),
 	}
 }
 
@@ -183,6 +192,9 @@ func (m *Mux) Serve() error {
 		return errors.New("transport: Mux.Serve called twice")
 	}
 	m.serving = true
+	if m.Security != nil {
+		m.serverTLS = m.Security.TLS.ServerConfig()
+	}
 	m.wg.Add(1)
 	m.mu.Unlock()
 	defer m.wg.Done()
@@ -246,14 +258,21 @@ func (m *Mux) handshakeTimeout() time.Duration {
 func (m *Mux) handle(c net.Conn) {
 	defer m.wg.Done()
 	deadline := time.Now().Add(m.handshakeTimeout())
-	err := c.SetReadDeadline(deadline)
+	raw := c
+	err := c.SetDeadline(deadline)
+	if err == nil && m.Security != nil {
+		c, err = m.serverHandshake(c)
+	}
 	var h header
 	if err == nil {
 		h, err = readHeader(c)
 	}
 
+	if c == nil {
+		c = raw
+	}
 	m.mu.Lock()
-	delete(m.sniffing, c)
+	delete(m.sniffing, raw)
 	closed := m.closed
 	var layer *GroupLayer
 	if err == nil && h.kind == kindRaft {
@@ -264,6 +283,13 @@ func (m *Mux) handle(c net.Conn) {
 	remote := c.RemoteAddr().String()
 	switch {
 	case closed:
+		c.Close()
+		return
+	case errors.Is(err, ErrUnauthorized) || errors.Is(err, errHandshake):
+		if m.refusedLog.allow(time.Now(), 10*time.Second) {
+			m.log.Warn("refused peer connection", "remote", remote, "error", err,
+				"tls_failed_total", m.stats.tlsFailed.Load(), "unauthorized_total", m.stats.unauthorized.Load())
+		}
 		c.Close()
 		return
 	case err != nil:
@@ -290,7 +316,7 @@ func (m *Mux) handle(c net.Conn) {
 		c.Close()
 		return
 	}
-	if err := c.SetReadDeadline(time.Time{}); err != nil {
+	if err := c.SetDeadline(time.Time{}); err != nil {
 		c.Close()
 		return
 	}

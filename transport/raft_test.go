@@ -355,7 +355,7 @@ func TestRaftClusterOverMux(t *testing.T) {
 	pool := NewPool()
 	defer pool.Close()
 	for _, n := range c.nodes {
-		cc, err := pool.Conn(string(n.addr))
+		cc, err := pool.Conn(string(n.id), string(n.addr))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -540,7 +540,7 @@ func TestRaftRPCsShareThePortWithGRPC(t *testing.T) {
 	// A gRPC call to b on the very port the RPCs above used.
 	pool := NewPool()
 	defer pool.Close()
-	cc, err := pool.Conn(string(b.addr))
+	cc, err := pool.Conn("b", string(b.addr))
 	if err != nil {
 		t.Fatal(err)
 	}
