@@ -28,7 +28,7 @@ func (n *Node) bootstrapLoop(ctx context.Context) {
 			return
 		}
 		if n.cfg.BootstrapExpect > 0 {
-			servers, ok := n.bootstrapChoice()
+			servers, ok := n.bootstrapChoice(ctx)
 			key := ""
 			for _, s := range servers {
 				key += string(s.ID) + "@" + string(s.Address) + ","
@@ -52,7 +52,12 @@ func (n *Node) bootstrapLoop(ctx context.Context) {
 
 // bootstrapChoice returns the voters to bootstrap with, if this node is the
 // one to do it now.
-func (n *Node) bootstrapChoice() ([]raft.Server, bool) {
+//
+// Every chosen node must first prove its identity over mutual TLS
+// (admission): a node in the choice that cannot holds the formation up,
+// and says so in the log, rather than be left out (which other nodes
+// might not agree on).
+func (n *Node) bootstrapChoice(ctx context.Context) ([]raft.Server, bool) {
 	var fresh []Member
 	for _, m := range n.gossip.members() {
 		if m.State != "alive" {
@@ -77,6 +82,11 @@ func (n *Node) bootstrapChoice() ([]raft.Server, bool) {
 	// The leader adds the rest as they come; never more voters than a
 	// cluster of this size should have.
 	chosen = chosen[:min(len(chosen), controllerVoters(len(chosen)))]
+	for _, m := range chosen {
+		if err := n.admit(ctx, m); err != nil {
+			return nil, false
+		}
+	}
 	servers := make([]raft.Server, len(chosen))
 	for i, m := range chosen {
 		id := raft.ServerID(m.Controller)

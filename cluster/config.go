@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/quorumq/quorumq/fsm"
@@ -58,6 +59,18 @@ type Config struct {
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
 
+	// TLS material of the peer port (mutual TLS between nodes, TLS 1.3):
+	// the CA bundle, this node's certificate (naming its node id) and key.
+	// The files are re-read when they change.
+	TLSCAFile, TLSCertFile, TLSKeyFile string
+	// GossipKeyFile holds the gossip encryption key (base64 of 16, 24 or
+	// 32 bytes; 'quorumq certs gossip-key'). Used at first start; the
+	// keyring then lives in the data directory.
+	GossipKeyFile string
+	// Insecure: no TLS between nodes and no gossip encryption. Without it
+	// the four files above are required.
+	Insecure bool
+
 	// PeerDialer, if set, opens every connection this node makes to
 	// another node's peer port (Raft of every group, peer gRPC). Tests cut
 	// links with it (test/faultnet). Default: plain TCP.
@@ -105,6 +118,18 @@ func (c *Config) Validate() error {
 	if c.NodeID != "" {
 		if err := fsm.ValidNodeID(c.NodeID); err != nil {
 			return fmt.Errorf("config: %w", err)
+		}
+	}
+	if !c.Insecure {
+		var missing []string
+		for _, f := range []struct{ name, v string }{{"--tls-ca", c.TLSCAFile}, {"--tls-cert", c.TLSCertFile}, {"--tls-key", c.TLSKeyFile}, {"--gossip-key-file", c.GossipKeyFile}} {
+			if f.v == "" {
+				missing = append(missing, f.name)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("config: secure by default: %s missing (create them with 'quorumq certs'), or --insecure for a throwaway cluster",
+				strings.Join(missing, ", "))
 		}
 	}
 	if c.BootstrapExpect < 0 {

@@ -161,6 +161,13 @@ func (c *controller) reconcile(ctx context.Context) error {
 		if ok && k.GetState() == fsmv1.NodeState_NODE_STATE_REMOVED {
 			continue
 		}
+		// Gossiping is not enough: before it is recorded (or its new
+		// instance or address is), a node proves over mutual TLS that its
+		// certificate names the id it gossips. A refused node is never
+		// recorded, so never given a vote or a replica.
+		if err := c.n.admit(ctx, m); err != nil {
+			continue
+		}
 		info := nodeInfo(m)
 		if ok && k.GetInstance() != "" && k.GetInstance() != info.GetInstance() {
 			// The node lost its data: replace its replicas, and take its
@@ -306,7 +313,9 @@ func (c *controller) reconcileRaft(members []Member) error {
 		if m.State != "alive" || m.Controller == "" {
 			continue
 		}
-		if k, ok := known[m.ID]; ok && k.GetState() == fsmv1.NodeState_NODE_STATE_REMOVED {
+		// Only a node the catalogue records as it is now (admitted, see
+		// reconcile) joins the group.
+		if k, ok := known[m.ID]; !ok || k.GetState() == fsmv1.NodeState_NODE_STATE_REMOVED || k.GetInstance() != m.Instance {
 			continue
 		}
 		id := raft.ServerID(m.Controller)

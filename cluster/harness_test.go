@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
 	"github.com/quorumq/quorumq/test/faultnet"
+	"github.com/quorumq/quorumq/transport/pki"
 )
 
 // testCluster is an in-process cluster: each node on its own 127.0.0.1
@@ -24,6 +26,7 @@ type testCluster struct {
 	nodes []*Node
 	cfgs  []Config
 	net   *faultnet.Network
+	base  string // the nodes' data directories are in it
 }
 
 func testLogger() *slog.Logger {
@@ -34,12 +37,37 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
 
+// nodeConfig is the configuration of test node id with its data in dir:
+// secure, as in production, with TLS material shared by every node whose
+// data directory is in the same parent (filepath.Dir(dir)/tls).
 func nodeConfig(dir, id string, expect int, join []string) Config {
-	return Config{
+	cfg := Config{
 		NodeID: id, DataDir: dir,
 		ClientAddr: "127.0.0.1:0", PeerAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		BootstrapExpect: expect, Join: join, Logger: testLogger(),
 	}
+	f, gossipKey, err := testTLS(filepath.Join(filepath.Dir(dir), "tls"), id)
+	if err != nil {
+		panic(err)
+	}
+	cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile, cfg.GossipKeyFile = f.CA, f.Cert, f.Key, gossipKey
+	return cfg
+}
+
+// testTLSMu serialises the creation of test clusters' TLS material.
+var testTLSMu sync.Mutex
+
+// testTLS returns node id's TLS files and the gossip key file in dir,
+// creating them (and the cluster's CA) if needed.
+func testTLS(dir, id string) (pki.Files, string, error) {
+	testTLSMu.Lock()
+	defer testTLSMu.Unlock()
+	l, err := pki.OpenLocal(dir)
+	if err != nil {
+		return pki.Files{}, "", err
+	}
+	f, err := l.Node(id)
+	return f, l.GossipKeyFile, err
 }
 
 func startCluster(t testing.TB, size int) *testCluster {
@@ -52,6 +80,7 @@ func startClusterWith(t testing.TB, size int, tune func(*Config)) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t, net: faultnet.New()}
 	base := t.TempDir()
+	c.base = base
 	t.Cleanup(c.stop)
 	for i := range size {
 		dir := filepath.Join(base, fmt.Sprintf("n%d", i+1))
@@ -213,7 +242,7 @@ func (c *testCluster) addNode(tune func(*Config)) int {
 			join = append(join, n.GossipAddr())
 		}
 	}
-	cfg := nodeConfig(filepath.Join(c.t.TempDir(), fmt.Sprintf("n%d", i+1)), fmt.Sprintf("n%d", i+1), 0, join)
+	cfg := nodeConfig(filepath.Join(c.base, fmt.Sprintf("n%d", i+1)), fmt.Sprintf("n%d", i+1), 0, join)
 	cfg.PeerDialer = c.net.Dialer(cfg.NodeID)
 	if tune != nil {
 		tune(&cfg)

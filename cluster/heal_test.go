@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -509,7 +510,12 @@ func TestReplacementAtSameAddress(t *testing.T) {
 	c.kill(victim)
 	cfg := c.cfgs[victim]
 	cfg.NodeID = old + "b"
-	cfg.DataDir = t.TempDir()
+	cfg.DataDir = filepath.Join(c.base, cfg.NodeID)
+	f, gossipKey, err := testTLS(filepath.Join(c.base, "tls"), cfg.NodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile, cfg.GossipKeyFile = f.CA, f.Cert, f.Key, gossipKey
 	cfg.BootstrapExpect = 0
 	cfg.Join = []string{c.nodes[0].GossipAddr()}
 	n, err := Start(cfg)

@@ -66,7 +66,10 @@ type membership struct {
 	changed chan struct{}
 }
 
-func newMembership(bind string, advertise string, self Meta, logger *slog.Logger) (*membership, error) {
+// newMembership starts gossip. With keyring, every gossip message is
+// encrypted and authenticated with its primary key, and messages that are
+// not (or under a key not in the ring) are refused, both ways.
+func newMembership(bind string, advertise string, self Meta, keyring *memberlist.Keyring, logger *slog.Logger) (*membership, error) {
 	m := &membership{self: self, log: logger, changed: make(chan struct{}, 1), nodes: map[string]Member{}}
 	host, port, err := net.SplitHostPort(bind)
 	if err != nil {
@@ -89,6 +92,11 @@ func newMembership(bind string, advertise string, self Meta, logger *slog.Logger
 		}
 		c.AdvertiseAddr = ah
 		c.AdvertisePort, _ = strconv.Atoi(ap)
+	}
+	if keyring != nil {
+		c.Keyring = keyring
+		c.GossipVerifyIncoming = true
+		c.GossipVerifyOutgoing = true
 	}
 	c.Delegate = (*gossipDelegate)(m)
 	c.Events = (*gossipEvents)(m)

@@ -28,6 +28,9 @@ type metrics struct {
 	// replica moves this node started, finished and rolled back as
 	// controller leader (repair.go).
 	movesStarted, movesFinished, movesRolledBack atomic.Uint64
+	// admissionRefused: probes of gossiping nodes that did not prove
+	// their identity over mutual TLS.
+	admissionRefused atomic.Uint64
 
 	mu       sync.Mutex
 	requests map[[2]string]uint64 // method, code
@@ -105,10 +108,22 @@ func (n *Node) writeMetrics(w io.Writer) {
 		fmt.Fprintf(w, "# TYPE quorumq_partitions_moving gauge\nquorumq_partitions_moving %d\n", moving)
 	}
 
+	insecure := 0
+	if n.cfg.Insecure {
+		insecure = 1
+	}
+	fmt.Fprintf(w, "# TYPE quorumq_insecure gauge\nquorumq_insecure %d\n", insecure)
+	fmt.Fprintf(w, "# TYPE quorumq_admission_refused_total counter\nquorumq_admission_refused_total %d\n", m.admissionRefused.Load())
+	if n.tls != nil {
+		fmt.Fprintf(w, "# TYPE quorumq_tls_cert_expiry_timestamp_seconds gauge\nquorumq_tls_cert_expiry_timestamp_seconds %d\n", n.tls.NotAfter().Unix())
+		fmt.Fprintf(w, "# TYPE quorumq_tls_reloads_total counter\nquorumq_tls_reloads_total %d\n", n.tls.Reloads())
+	}
 	ms := n.mux.Stats()
 	fmt.Fprintln(w, "# TYPE quorumq_raft_conns_refused_total counter")
 	fmt.Fprintf(w, "quorumq_raft_conns_refused_total{reason=\"unknown_group\"} %d\nquorumq_raft_conns_refused_total{reason=\"wrong_member\"} %d\nquorumq_raft_conns_refused_total{reason=\"bad_header\"} %d\n",
 		ms.UnknownGroup, ms.WrongTarget, ms.BadHeader)
+	fmt.Fprintln(w, "# TYPE quorumq_peer_conns_refused_total counter")
+	fmt.Fprintf(w, "quorumq_peer_conns_refused_total{reason=\"tls\"} %d\nquorumq_peer_conns_refused_total{reason=\"unauthorized\"} %d\n", ms.TLSFailed, ms.Unauthorized)
 
 	ls := n.shared.Stats()
 	fmt.Fprintf(w, "# TYPE quorumq_log_commits_total counter\nquorumq_log_commits_total %d\n", ls.Commits)

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -24,6 +25,7 @@ import (
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
 	"github.com/quorumq/quorumq/storage"
 	"github.com/quorumq/quorumq/transport"
+	"github.com/quorumq/quorumq/transport/pki"
 )
 
 // Node is one running quorumq server.
@@ -36,6 +38,13 @@ type Node struct {
 	instance string
 	// ids: the node-level identity records (identity.go).
 	ids *identities
+	// tls: the peer port's TLS material; nil with Config.Insecure.
+	tls *pki.Reloader
+	// keyring: the gossip keyring (nil with Config.Insecure); keyringMu
+	// serialises its changes and their saving.
+	keyring   *memberlist.Keyring
+	keyringMu sync.Mutex
+	admission admission
 	// removed: this node learnt it was removed and left gossip (touched
 	// only by replicaLoop).
 	removed bool
@@ -130,6 +139,18 @@ func Start(cfg Config) (n *Node, err error) {
 		poolOpts = append(poolOpts, grpc.WithContextDialer(cfg.PeerDialer))
 	}
 	n.peers = &peerClient{n: n, pool: transport.NewPool(poolOpts...)}
+	if err := n.setupSecurity(); err != nil {
+		return nil, err
+	}
+	if !cfg.Insecure {
+		var kept bool
+		if n.keyring, kept, err = loadKeyring(cfg.DataDir, cfg.GossipKeyFile); err != nil {
+			return nil, err
+		}
+		if kept {
+			n.log.Debug("gossip keyring from the data directory (it wins over --gossip-key-file)")
+		}
+	}
 	n.replicas = &replicaSet{n: n, m: map[groupKey]*replica{}}
 
 	if n.ctrl, err = openController(n); err != nil {
@@ -142,7 +163,7 @@ func Start(cfg Config) (n *Node, err error) {
 	n.gossip, err = newMembership(cfg.GossipAddr, gossipAddr, Meta{
 		ID: n.id, Client: n.clientAddr, Peer: n.peerAddr, HTTP: n.httpAddr, Zone: cfg.Zone,
 		Version: Version, Fresh: !n.ctrl.hasState(), Instance: n.instance, Controller: string(n.ctrl.g.id),
-	}, n.log)
+	}, n.keyring, n.log)
 	if err != nil {
 		return nil, err
 	}
@@ -151,7 +172,7 @@ func Start(cfg Config) (n *Node, err error) {
 	// A request may carry a whole Enqueue batch (fsm.MaxBatchBytes) plus
 	// protobuf framing.
 	maxMsg := grpc.MaxRecvMsgSize(fsm.MaxBatchBytes + 1<<20)
-	n.peerSrv = grpc.NewServer(maxMsg)
+	n.peerSrv = grpc.NewServer(maxMsg, grpc.Creds(n.mux.GRPCServerCredentials()), grpc.ChainUnaryInterceptor(n.authorizeCall))
 	peerv1.RegisterPeerServiceServer(n.peerSrv, &peerServer{n: n})
 	n.clientSrv = grpc.NewServer(maxMsg, grpc.ChainUnaryInterceptor(n.metrics.unaryInterceptor))
 	qv1.RegisterQueueServiceServer(n.clientSrv, &queueServer{n: n})
@@ -164,6 +185,9 @@ func Start(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 
+	if n.tls != nil {
+		n.goRun(func() { n.tls.Run(n.ctx, pki.DefaultReloadInterval) })
+	}
 	n.goRun(func() { _ = n.mux.Serve() })
 	n.goRun(func() { _ = n.peerSrv.Serve(n.mux.GRPCListener()) })
 	n.goRun(func() { _ = n.clientSrv.Serve(n.clientLn) })

@@ -48,7 +48,7 @@ func (p *peerClient) client(id string) (peerv1.PeerServiceClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	cc, err := p.pool.Conn(addr)
+	cc, err := p.pool.Conn(id, addr)
 	if err != nil {
 		return nil, err
 	}

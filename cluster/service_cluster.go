@@ -53,6 +53,10 @@ func (s *clusterServer) Members(ctx context.Context, req *qv1.MembersRequest) (*
 			Zone: m.Zone, Version: m.Version, GossipState: m.State}
 		if info, ok := s.n.ctrl.node(m.ID); ok {
 			mem.CatalogState = catalogStateName(info.GetState())
+		} else if m.State == "alive" {
+			if err := s.n.admit(ctx, m); err != nil {
+				mem.Refused, mem.RefusedReason = true, err.Error()
+			}
 		}
 		resp.Members = append(resp.Members, mem)
 	}

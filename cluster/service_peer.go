@@ -106,3 +106,15 @@ func (s *peerServer) TransferLeadership(ctx context.Context, req *peerv1.Transfe
 	}
 	return r.transfer(ctx, req.GetTo())
 }
+
+func (s *peerServer) Identify(ctx context.Context, req *peerv1.IdentifyRequest) (*peerv1.IdentifyResponse, error) {
+	return &peerv1.IdentifyResponse{NodeId: s.n.id, Instance: s.n.instance}, nil
+}
+
+func (s *peerServer) GossipKeyring(ctx context.Context, req *peerv1.GossipKeyringRequest) (*peerv1.GossipKeyringResponse, error) {
+	keys, err := s.n.changeKeyring(req.GetOp(), req.GetKey())
+	if err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return &peerv1.GossipKeyringResponse{Keys: keys}, nil
+}

@@ -2373,7 +2373,12 @@ type Member struct {
 	// gossip_state: alive, suspect, dead, left (as this node's gossip sees it).
 	GossipState string `protobuf:"bytes,8,opt,name=gossip_state,json=gossipState,proto3" json:"gossip_state,omitempty"`
 	// catalog_state: alive, draining, removed, or "" when not yet recorded.
-	CatalogState  string `protobuf:"bytes,9,opt,name=catalog_state,json=catalogState,proto3" json:"catalog_state,omitempty"`
+	CatalogState string `protobuf:"bytes,9,opt,name=catalog_state,json=catalogState,proto3" json:"catalog_state,omitempty"`
+	// refused: the node gossips but did not prove, over mutual TLS, that its
+	// certificate names its node id; it is never recorded, given a vote or
+	// a replica. refused_reason says why.
+	Refused       bool   `protobuf:"varint,10,opt,name=refused,proto3" json:"refused,omitempty"`
+	RefusedReason string `protobuf:"bytes,11,opt,name=refused_reason,json=refusedReason,proto3" json:"refused_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2467,6 +2472,20 @@ func (x *Member) GetGossipState() string {
 func (x *Member) GetCatalogState() string {
 	if x != nil {
 		return x.CatalogState
+	}
+	return ""
+}
+
+func (x *Member) GetRefused() bool {
+	if x != nil {
+		return x.Refused
+	}
+	return false
+}
+
+func (x *Member) GetRefusedReason() string {
+	if x != nil {
+		return x.RefusedReason
 	}
 	return ""
 }
@@ -3238,6 +3257,166 @@ func (x *RebalanceResponse) GetLeadersTransferred() uint32 {
 	return 0
 }
 
+type GossipKeyringRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// op: "install", "use", "remove" or "list".
+	Op string `protobuf:"bytes,1,opt,name=op,proto3" json:"op,omitempty"`
+	// key: base64 gossip key (install, use, remove).
+	Key           string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeyringRequest) Reset() {
+	*x = GossipKeyringRequest{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeyringRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeyringRequest) ProtoMessage() {}
+
+func (x *GossipKeyringRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeyringRequest.ProtoReflect.Descriptor instead.
+func (*GossipKeyringRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *GossipKeyringRequest) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *GossipKeyringRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+type GossipKeyringNode struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// error: why the operation failed on this node ("" = done).
+	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// keys: the node's keyring after the operation, primary first.
+	Keys          []string `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeyringNode) Reset() {
+	*x = GossipKeyringNode{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeyringNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeyringNode) ProtoMessage() {}
+
+func (x *GossipKeyringNode) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeyringNode.ProtoReflect.Descriptor instead.
+func (*GossipKeyringNode) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *GossipKeyringNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *GossipKeyringNode) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *GossipKeyringNode) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type GossipKeyringResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*GossipKeyringNode   `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeyringResponse) Reset() {
+	*x = GossipKeyringResponse{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeyringResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeyringResponse) ProtoMessage() {}
+
+func (x *GossipKeyringResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeyringResponse.ProtoReflect.Descriptor instead.
+func (*GossipKeyringResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *GossipKeyringResponse) GetNodes() []*GossipKeyringNode {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 var File_quorumq_v1_quorumq_proto protoreflect.FileDescriptor
 
 const file_quorumq_v1_quorumq_proto_rawDesc = "" +
@@ -3429,7 +3608,7 @@ const file_quorumq_v1_quorumq_proto_rawDesc = "" +
 	"partitions\x12%\n" +
 	"\x0elocal_replicas\x18\a \x01(\rR\rlocalReplicas\x12#\n" +
 	"\rlocal_leaders\x18\b \x01(\rR\flocalLeaders\x12\x14\n" +
-	"\x05ready\x18\t \x01(\bR\x05ready\"\x8a\x02\n" +
+	"\x05ready\x18\t \x01(\bR\x05ready\"\xcb\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vclient_addr\x18\x02 \x01(\tR\n" +
@@ -3441,7 +3620,10 @@ const file_quorumq_v1_quorumq_proto_rawDesc = "" +
 	"\x04zone\x18\x06 \x01(\tR\x04zone\x12\x18\n" +
 	"\aversion\x18\a \x01(\tR\aversion\x12!\n" +
 	"\fgossip_state\x18\b \x01(\tR\vgossipState\x12#\n" +
-	"\rcatalog_state\x18\t \x01(\tR\fcatalogState\"\x10\n" +
+	"\rcatalog_state\x18\t \x01(\tR\fcatalogState\x12\x18\n" +
+	"\arefused\x18\n" +
+	" \x01(\bR\arefused\x12%\n" +
+	"\x0erefused_reason\x18\v \x01(\tR\rrefusedReason\"\x10\n" +
 	"\x0eMembersRequest\"?\n" +
 	"\x0fMembersResponse\x12,\n" +
 	"\amembers\x18\x01 \x03(\v2\x12.quorumq.v1.MemberR\amembers\"\xaa\x01\n" +
@@ -3491,7 +3673,16 @@ const file_quorumq_v1_quorumq_proto_rawDesc = "" +
 	"\x11RebalanceResponse\x12\x14\n" +
 	"\x05moves\x18\x01 \x01(\rR\x05moves\x12%\n" +
 	"\x0eleader_changes\x18\x02 \x01(\rR\rleaderChanges\x12/\n" +
-	"\x13leaders_transferred\x18\x03 \x01(\rR\x12leadersTransferred*\x9c\x01\n" +
+	"\x13leaders_transferred\x18\x03 \x01(\rR\x12leadersTransferred\"8\n" +
+	"\x14GossipKeyringRequest\x12\x0e\n" +
+	"\x02op\x18\x01 \x01(\tR\x02op\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"V\n" +
+	"\x11GossipKeyringNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x12\n" +
+	"\x04keys\x18\x03 \x03(\tR\x04keys\"L\n" +
+	"\x15GossipKeyringResponse\x123\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x1d.quorumq.v1.GossipKeyringNodeR\x05nodes*\x9c\x01\n" +
 	"\rReceiptStatus\x12\x1e\n" +
 	"\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11RECEIPT_STATUS_OK\x10\x01\x12\x18\n" +
@@ -3512,7 +3703,7 @@ const file_quorumq_v1_quorumq_proto_rawDesc = "" +
 	"\x06Reject\x12\x19.quorumq.v1.RejectRequest\x1a\x1a.quorumq.v1.RejectResponse\x12Z\n" +
 	"\x0fListDeadLetters\x12\".quorumq.v1.ListDeadLettersRequest\x1a#.quorumq.v1.ListDeadLettersResponse\x12B\n" +
 	"\aRedrive\x12\x1a.quorumq.v1.RedriveRequest\x1a\x1b.quorumq.v1.RedriveResponse\x12<\n" +
-	"\x05Purge\x12\x18.quorumq.v1.PurgeRequest\x1a\x19.quorumq.v1.PurgeResponse2\xa8\x04\n" +
+	"\x05Purge\x12\x18.quorumq.v1.PurgeRequest\x1a\x19.quorumq.v1.PurgeResponse2\xfe\x04\n" +
 	"\x0eClusterService\x12?\n" +
 	"\x06Status\x12\x19.quorumq.v1.StatusRequest\x1a\x1a.quorumq.v1.StatusResponse\x12B\n" +
 	"\aMembers\x12\x1a.quorumq.v1.MembersRequest\x1a\x1b.quorumq.v1.MembersResponse\x12K\n" +
@@ -3522,7 +3713,8 @@ const file_quorumq_v1_quorumq_proto_rawDesc = "" +
 	"\tDrainNode\x12\x1c.quorumq.v1.DrainNodeRequest\x1a\x1d.quorumq.v1.DrainNodeResponse\x12K\n" +
 	"\n" +
 	"RemoveNode\x12\x1d.quorumq.v1.RemoveNodeRequest\x1a\x1e.quorumq.v1.RemoveNodeResponse\x12H\n" +
-	"\tRebalance\x12\x1c.quorumq.v1.RebalanceRequest\x1a\x1d.quorumq.v1.RebalanceResponseB7Z5github.com/quorumq/quorumq/proto/quorumq/v1;quorumqv1b\x06proto3"
+	"\tRebalance\x12\x1c.quorumq.v1.RebalanceRequest\x1a\x1d.quorumq.v1.RebalanceResponse\x12T\n" +
+	"\rGossipKeyring\x12 .quorumq.v1.GossipKeyringRequest\x1a!.quorumq.v1.GossipKeyringResponseB7Z5github.com/quorumq/quorumq/proto/quorumq/v1;quorumqv1b\x06proto3"
 
 var (
 	file_quorumq_v1_quorumq_proto_rawDescOnce sync.Once
@@ -3537,7 +3729,7 @@ func file_quorumq_v1_quorumq_proto_rawDescGZIP() []byte {
 }
 
 var file_quorumq_v1_quorumq_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_quorumq_v1_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_quorumq_v1_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_quorumq_v1_quorumq_proto_goTypes = []any{
 	(ReceiptStatus)(0),                 // 0: quorumq.v1.ReceiptStatus
 	(*LeaderHint)(nil),                 // 1: quorumq.v1.LeaderHint
@@ -3592,94 +3784,100 @@ var file_quorumq_v1_quorumq_proto_goTypes = []any{
 	(*RemoveNodeResponse)(nil),         // 50: quorumq.v1.RemoveNodeResponse
 	(*RebalanceRequest)(nil),           // 51: quorumq.v1.RebalanceRequest
 	(*RebalanceResponse)(nil),          // 52: quorumq.v1.RebalanceResponse
-	nil,                                // 53: quorumq.v1.Message.HeadersEntry
-	nil,                                // 54: quorumq.v1.ReceivedMessage.HeadersEntry
-	nil,                                // 55: quorumq.v1.DeadLetter.HeadersEntry
-	(*durationpb.Duration)(nil),        // 56: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 57: google.protobuf.Timestamp
+	(*GossipKeyringRequest)(nil),       // 53: quorumq.v1.GossipKeyringRequest
+	(*GossipKeyringNode)(nil),          // 54: quorumq.v1.GossipKeyringNode
+	(*GossipKeyringResponse)(nil),      // 55: quorumq.v1.GossipKeyringResponse
+	nil,                                // 56: quorumq.v1.Message.HeadersEntry
+	nil,                                // 57: quorumq.v1.ReceivedMessage.HeadersEntry
+	nil,                                // 58: quorumq.v1.DeadLetter.HeadersEntry
+	(*durationpb.Duration)(nil),        // 59: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 60: google.protobuf.Timestamp
 }
 var file_quorumq_v1_quorumq_proto_depIdxs = []int32{
-	56, // 0: quorumq.v1.QueueSettings.visibility_timeout:type_name -> google.protobuf.Duration
-	56, // 1: quorumq.v1.QueueSettings.dedup_window:type_name -> google.protobuf.Duration
-	56, // 2: quorumq.v1.QueueSettings.retention:type_name -> google.protobuf.Duration
-	56, // 3: quorumq.v1.QueueStats.oldest_ready_age:type_name -> google.protobuf.Duration
+	59, // 0: quorumq.v1.QueueSettings.visibility_timeout:type_name -> google.protobuf.Duration
+	59, // 1: quorumq.v1.QueueSettings.dedup_window:type_name -> google.protobuf.Duration
+	59, // 2: quorumq.v1.QueueSettings.retention:type_name -> google.protobuf.Duration
+	59, // 3: quorumq.v1.QueueStats.oldest_ready_age:type_name -> google.protobuf.Duration
 	2,  // 4: quorumq.v1.Queue.settings:type_name -> quorumq.v1.QueueSettings
-	57, // 5: quorumq.v1.Queue.created_at:type_name -> google.protobuf.Timestamp
+	60, // 5: quorumq.v1.Queue.created_at:type_name -> google.protobuf.Timestamp
 	3,  // 6: quorumq.v1.Queue.stats:type_name -> quorumq.v1.QueueStats
 	2,  // 7: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.v1.QueueSettings
 	4,  // 8: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.v1.Queue
 	4,  // 9: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.v1.Queue
 	4,  // 10: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.v1.Queue
-	53, // 11: quorumq.v1.Message.headers:type_name -> quorumq.v1.Message.HeadersEntry
-	56, // 12: quorumq.v1.Message.delay:type_name -> google.protobuf.Duration
+	56, // 11: quorumq.v1.Message.headers:type_name -> quorumq.v1.Message.HeadersEntry
+	59, // 12: quorumq.v1.Message.delay:type_name -> google.protobuf.Duration
 	13, // 13: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.v1.Message
 	15, // 14: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.v1.EnqueueResult
-	56, // 15: quorumq.v1.ReceiveRequest.wait:type_name -> google.protobuf.Duration
-	56, // 16: quorumq.v1.ReceiveRequest.visibility_timeout:type_name -> google.protobuf.Duration
-	54, // 17: quorumq.v1.ReceivedMessage.headers:type_name -> quorumq.v1.ReceivedMessage.HeadersEntry
-	57, // 18: quorumq.v1.ReceivedMessage.enqueued_at:type_name -> google.protobuf.Timestamp
-	57, // 19: quorumq.v1.ReceivedMessage.lease_deadline:type_name -> google.protobuf.Timestamp
+	59, // 15: quorumq.v1.ReceiveRequest.wait:type_name -> google.protobuf.Duration
+	59, // 16: quorumq.v1.ReceiveRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	57, // 17: quorumq.v1.ReceivedMessage.headers:type_name -> quorumq.v1.ReceivedMessage.HeadersEntry
+	60, // 18: quorumq.v1.ReceivedMessage.enqueued_at:type_name -> google.protobuf.Timestamp
+	60, // 19: quorumq.v1.ReceivedMessage.lease_deadline:type_name -> google.protobuf.Timestamp
 	18, // 20: quorumq.v1.ReceiveResponse.messages:type_name -> quorumq.v1.ReceivedMessage
 	0,  // 21: quorumq.v1.ReceiptResult.status:type_name -> quorumq.v1.ReceiptStatus
 	20, // 22: quorumq.v1.AckResponse.results:type_name -> quorumq.v1.ReceiptResult
-	56, // 23: quorumq.v1.RequeueRequest.delay:type_name -> google.protobuf.Duration
+	59, // 23: quorumq.v1.RequeueRequest.delay:type_name -> google.protobuf.Duration
 	20, // 24: quorumq.v1.RequeueResponse.results:type_name -> quorumq.v1.ReceiptResult
-	56, // 25: quorumq.v1.ExtendLeaseRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	59, // 25: quorumq.v1.ExtendLeaseRequest.visibility_timeout:type_name -> google.protobuf.Duration
 	20, // 26: quorumq.v1.ExtendLeaseResponse.results:type_name -> quorumq.v1.ReceiptResult
 	20, // 27: quorumq.v1.RejectResponse.results:type_name -> quorumq.v1.ReceiptResult
-	55, // 28: quorumq.v1.DeadLetter.headers:type_name -> quorumq.v1.DeadLetter.HeadersEntry
-	57, // 29: quorumq.v1.DeadLetter.enqueued_at:type_name -> google.protobuf.Timestamp
-	57, // 30: quorumq.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
+	58, // 28: quorumq.v1.DeadLetter.headers:type_name -> quorumq.v1.DeadLetter.HeadersEntry
+	60, // 29: quorumq.v1.DeadLetter.enqueued_at:type_name -> google.protobuf.Timestamp
+	60, // 30: quorumq.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
 	29, // 31: quorumq.v1.ListDeadLettersResponse.dead_letters:type_name -> quorumq.v1.DeadLetter
 	38, // 32: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
 	41, // 33: quorumq.v1.PartitionInfo.replicas:type_name -> quorumq.v1.ReplicaInfo
 	3,  // 34: quorumq.v1.PartitionInfo.stats:type_name -> quorumq.v1.QueueStats
 	42, // 35: quorumq.v1.PartitionsResponse.partitions:type_name -> quorumq.v1.PartitionInfo
-	5,  // 36: quorumq.v1.QueueService.CreateQueue:input_type -> quorumq.v1.CreateQueueRequest
-	7,  // 37: quorumq.v1.QueueService.DeleteQueue:input_type -> quorumq.v1.DeleteQueueRequest
-	9,  // 38: quorumq.v1.QueueService.GetQueue:input_type -> quorumq.v1.GetQueueRequest
-	11, // 39: quorumq.v1.QueueService.ListQueues:input_type -> quorumq.v1.ListQueuesRequest
-	14, // 40: quorumq.v1.QueueService.Enqueue:input_type -> quorumq.v1.EnqueueRequest
-	17, // 41: quorumq.v1.QueueService.Receive:input_type -> quorumq.v1.ReceiveRequest
-	21, // 42: quorumq.v1.QueueService.Ack:input_type -> quorumq.v1.AckRequest
-	23, // 43: quorumq.v1.QueueService.Requeue:input_type -> quorumq.v1.RequeueRequest
-	25, // 44: quorumq.v1.QueueService.ExtendLease:input_type -> quorumq.v1.ExtendLeaseRequest
-	27, // 45: quorumq.v1.QueueService.Reject:input_type -> quorumq.v1.RejectRequest
-	30, // 46: quorumq.v1.QueueService.ListDeadLetters:input_type -> quorumq.v1.ListDeadLettersRequest
-	32, // 47: quorumq.v1.QueueService.Redrive:input_type -> quorumq.v1.RedriveRequest
-	34, // 48: quorumq.v1.QueueService.Purge:input_type -> quorumq.v1.PurgeRequest
-	36, // 49: quorumq.v1.ClusterService.Status:input_type -> quorumq.v1.StatusRequest
-	39, // 50: quorumq.v1.ClusterService.Members:input_type -> quorumq.v1.MembersRequest
-	43, // 51: quorumq.v1.ClusterService.Partitions:input_type -> quorumq.v1.PartitionsRequest
-	45, // 52: quorumq.v1.ClusterService.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
-	47, // 53: quorumq.v1.ClusterService.DrainNode:input_type -> quorumq.v1.DrainNodeRequest
-	49, // 54: quorumq.v1.ClusterService.RemoveNode:input_type -> quorumq.v1.RemoveNodeRequest
-	51, // 55: quorumq.v1.ClusterService.Rebalance:input_type -> quorumq.v1.RebalanceRequest
-	6,  // 56: quorumq.v1.QueueService.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
-	8,  // 57: quorumq.v1.QueueService.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
-	10, // 58: quorumq.v1.QueueService.GetQueue:output_type -> quorumq.v1.GetQueueResponse
-	12, // 59: quorumq.v1.QueueService.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
-	16, // 60: quorumq.v1.QueueService.Enqueue:output_type -> quorumq.v1.EnqueueResponse
-	19, // 61: quorumq.v1.QueueService.Receive:output_type -> quorumq.v1.ReceiveResponse
-	22, // 62: quorumq.v1.QueueService.Ack:output_type -> quorumq.v1.AckResponse
-	24, // 63: quorumq.v1.QueueService.Requeue:output_type -> quorumq.v1.RequeueResponse
-	26, // 64: quorumq.v1.QueueService.ExtendLease:output_type -> quorumq.v1.ExtendLeaseResponse
-	28, // 65: quorumq.v1.QueueService.Reject:output_type -> quorumq.v1.RejectResponse
-	31, // 66: quorumq.v1.QueueService.ListDeadLetters:output_type -> quorumq.v1.ListDeadLettersResponse
-	33, // 67: quorumq.v1.QueueService.Redrive:output_type -> quorumq.v1.RedriveResponse
-	35, // 68: quorumq.v1.QueueService.Purge:output_type -> quorumq.v1.PurgeResponse
-	37, // 69: quorumq.v1.ClusterService.Status:output_type -> quorumq.v1.StatusResponse
-	40, // 70: quorumq.v1.ClusterService.Members:output_type -> quorumq.v1.MembersResponse
-	44, // 71: quorumq.v1.ClusterService.Partitions:output_type -> quorumq.v1.PartitionsResponse
-	46, // 72: quorumq.v1.ClusterService.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
-	48, // 73: quorumq.v1.ClusterService.DrainNode:output_type -> quorumq.v1.DrainNodeResponse
-	50, // 74: quorumq.v1.ClusterService.RemoveNode:output_type -> quorumq.v1.RemoveNodeResponse
-	52, // 75: quorumq.v1.ClusterService.Rebalance:output_type -> quorumq.v1.RebalanceResponse
-	56, // [56:76] is the sub-list for method output_type
-	36, // [36:56] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	54, // 36: quorumq.v1.GossipKeyringResponse.nodes:type_name -> quorumq.v1.GossipKeyringNode
+	5,  // 37: quorumq.v1.QueueService.CreateQueue:input_type -> quorumq.v1.CreateQueueRequest
+	7,  // 38: quorumq.v1.QueueService.DeleteQueue:input_type -> quorumq.v1.DeleteQueueRequest
+	9,  // 39: quorumq.v1.QueueService.GetQueue:input_type -> quorumq.v1.GetQueueRequest
+	11, // 40: quorumq.v1.QueueService.ListQueues:input_type -> quorumq.v1.ListQueuesRequest
+	14, // 41: quorumq.v1.QueueService.Enqueue:input_type -> quorumq.v1.EnqueueRequest
+	17, // 42: quorumq.v1.QueueService.Receive:input_type -> quorumq.v1.ReceiveRequest
+	21, // 43: quorumq.v1.QueueService.Ack:input_type -> quorumq.v1.AckRequest
+	23, // 44: quorumq.v1.QueueService.Requeue:input_type -> quorumq.v1.RequeueRequest
+	25, // 45: quorumq.v1.QueueService.ExtendLease:input_type -> quorumq.v1.ExtendLeaseRequest
+	27, // 46: quorumq.v1.QueueService.Reject:input_type -> quorumq.v1.RejectRequest
+	30, // 47: quorumq.v1.QueueService.ListDeadLetters:input_type -> quorumq.v1.ListDeadLettersRequest
+	32, // 48: quorumq.v1.QueueService.Redrive:input_type -> quorumq.v1.RedriveRequest
+	34, // 49: quorumq.v1.QueueService.Purge:input_type -> quorumq.v1.PurgeRequest
+	36, // 50: quorumq.v1.ClusterService.Status:input_type -> quorumq.v1.StatusRequest
+	39, // 51: quorumq.v1.ClusterService.Members:input_type -> quorumq.v1.MembersRequest
+	43, // 52: quorumq.v1.ClusterService.Partitions:input_type -> quorumq.v1.PartitionsRequest
+	45, // 53: quorumq.v1.ClusterService.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
+	47, // 54: quorumq.v1.ClusterService.DrainNode:input_type -> quorumq.v1.DrainNodeRequest
+	49, // 55: quorumq.v1.ClusterService.RemoveNode:input_type -> quorumq.v1.RemoveNodeRequest
+	51, // 56: quorumq.v1.ClusterService.Rebalance:input_type -> quorumq.v1.RebalanceRequest
+	53, // 57: quorumq.v1.ClusterService.GossipKeyring:input_type -> quorumq.v1.GossipKeyringRequest
+	6,  // 58: quorumq.v1.QueueService.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
+	8,  // 59: quorumq.v1.QueueService.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
+	10, // 60: quorumq.v1.QueueService.GetQueue:output_type -> quorumq.v1.GetQueueResponse
+	12, // 61: quorumq.v1.QueueService.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
+	16, // 62: quorumq.v1.QueueService.Enqueue:output_type -> quorumq.v1.EnqueueResponse
+	19, // 63: quorumq.v1.QueueService.Receive:output_type -> quorumq.v1.ReceiveResponse
+	22, // 64: quorumq.v1.QueueService.Ack:output_type -> quorumq.v1.AckResponse
+	24, // 65: quorumq.v1.QueueService.Requeue:output_type -> quorumq.v1.RequeueResponse
+	26, // 66: quorumq.v1.QueueService.ExtendLease:output_type -> quorumq.v1.ExtendLeaseResponse
+	28, // 67: quorumq.v1.QueueService.Reject:output_type -> quorumq.v1.RejectResponse
+	31, // 68: quorumq.v1.QueueService.ListDeadLetters:output_type -> quorumq.v1.ListDeadLettersResponse
+	33, // 69: quorumq.v1.QueueService.Redrive:output_type -> quorumq.v1.RedriveResponse
+	35, // 70: quorumq.v1.QueueService.Purge:output_type -> quorumq.v1.PurgeResponse
+	37, // 71: quorumq.v1.ClusterService.Status:output_type -> quorumq.v1.StatusResponse
+	40, // 72: quorumq.v1.ClusterService.Members:output_type -> quorumq.v1.MembersResponse
+	44, // 73: quorumq.v1.ClusterService.Partitions:output_type -> quorumq.v1.PartitionsResponse
+	46, // 74: quorumq.v1.ClusterService.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
+	48, // 75: quorumq.v1.ClusterService.DrainNode:output_type -> quorumq.v1.DrainNodeResponse
+	50, // 76: quorumq.v1.ClusterService.RemoveNode:output_type -> quorumq.v1.RemoveNodeResponse
+	52, // 77: quorumq.v1.ClusterService.Rebalance:output_type -> quorumq.v1.RebalanceResponse
+	55, // 78: quorumq.v1.ClusterService.GossipKeyring:output_type -> quorumq.v1.GossipKeyringResponse
+	58, // [58:79] is the sub-list for method output_type
+	37, // [37:58] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_quorumq_v1_quorumq_proto_init() }
@@ -3694,7 +3892,7 @@ func file_quorumq_v1_quorumq_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quorumq_v1_quorumq_proto_rawDesc), len(file_quorumq_v1_quorumq_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   55,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

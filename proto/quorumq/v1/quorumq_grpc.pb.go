@@ -605,6 +605,7 @@ const (
 	ClusterService_DrainNode_FullMethodName          = "/quorumq.v1.ClusterService/DrainNode"
 	ClusterService_RemoveNode_FullMethodName         = "/quorumq.v1.ClusterService/RemoveNode"
 	ClusterService_Rebalance_FullMethodName          = "/quorumq.v1.ClusterService/Rebalance"
+	ClusterService_GossipKeyring_FullMethodName      = "/quorumq.v1.ClusterService/GossipKeyring"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -626,6 +627,10 @@ type ClusterServiceClient interface {
 	// then hands leaderships to them. The moves run in the background, at
 	// most a few at a time; Partitions shows their progress.
 	Rebalance(ctx context.Context, in *RebalanceRequest, opts ...grpc.CallOption) (*RebalanceResponse, error)
+	// GossipKeyring installs, makes primary, removes or lists gossip
+	// encryption keys on every live node (as consul keyring does):
+	// install a new key everywhere, use it, then remove the old one.
+	GossipKeyring(ctx context.Context, in *GossipKeyringRequest, opts ...grpc.CallOption) (*GossipKeyringResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -706,6 +711,16 @@ func (c *clusterServiceClient) Rebalance(ctx context.Context, in *RebalanceReque
 	return out, nil
 }
 
+func (c *clusterServiceClient) GossipKeyring(ctx context.Context, in *GossipKeyringRequest, opts ...grpc.CallOption) (*GossipKeyringResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GossipKeyringResponse)
+	err := c.cc.Invoke(ctx, ClusterService_GossipKeyring_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -725,6 +740,10 @@ type ClusterServiceServer interface {
 	// then hands leaderships to them. The moves run in the background, at
 	// most a few at a time; Partitions shows their progress.
 	Rebalance(context.Context, *RebalanceRequest) (*RebalanceResponse, error)
+	// GossipKeyring installs, makes primary, removes or lists gossip
+	// encryption keys on every live node (as consul keyring does):
+	// install a new key everywhere, use it, then remove the old one.
+	GossipKeyring(context.Context, *GossipKeyringRequest) (*GossipKeyringResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -755,6 +774,9 @@ func (UnimplementedClusterServiceServer) RemoveNode(context.Context, *RemoveNode
 }
 func (UnimplementedClusterServiceServer) Rebalance(context.Context, *RebalanceRequest) (*RebalanceResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Rebalance not implemented")
+}
+func (UnimplementedClusterServiceServer) GossipKeyring(context.Context, *GossipKeyringRequest) (*GossipKeyringResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GossipKeyring not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -903,6 +925,24 @@ func _ClusterService_Rebalance_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_GossipKeyring_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GossipKeyringRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).GossipKeyring(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_GossipKeyring_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).GossipKeyring(ctx, req.(*GossipKeyringRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -937,6 +977,10 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Rebalance",
 			Handler:    _ClusterService_Rebalance_Handler,
+		},
+		{
+			MethodName: "GossipKeyring",
+			Handler:    _ClusterService_GossipKeyring_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -26,6 +26,193 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type IdentifyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IdentifyRequest) Reset() {
+	*x = IdentifyRequest{}
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IdentifyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IdentifyRequest) ProtoMessage() {}
+
+func (x *IdentifyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IdentifyRequest.ProtoReflect.Descriptor instead.
+func (*IdentifyRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{0}
+}
+
+type IdentifyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Instance      string                 `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IdentifyResponse) Reset() {
+	*x = IdentifyResponse{}
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IdentifyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IdentifyResponse) ProtoMessage() {}
+
+func (x *IdentifyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IdentifyResponse.ProtoReflect.Descriptor instead.
+func (*IdentifyResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *IdentifyResponse) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *IdentifyResponse) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+type GossipKeyringRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// op: "install", "use", "remove" or "list".
+	Op string `protobuf:"bytes,1,opt,name=op,proto3" json:"op,omitempty"`
+	// key: base64 gossip key (install, use, remove).
+	Key           string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeyringRequest) Reset() {
+	*x = GossipKeyringRequest{}
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeyringRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeyringRequest) ProtoMessage() {}
+
+func (x *GossipKeyringRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeyringRequest.ProtoReflect.Descriptor instead.
+func (*GossipKeyringRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GossipKeyringRequest) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *GossipKeyringRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+type GossipKeyringResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// keys: the keyring after the operation (base64), primary first.
+	Keys          []string `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeyringResponse) Reset() {
+	*x = GossipKeyringResponse{}
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeyringResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeyringResponse) ProtoMessage() {}
+
+func (x *GossipKeyringResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeyringResponse.ProtoReflect.Descriptor instead.
+func (*GossipKeyringResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GossipKeyringResponse) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
 // Group names a partition's Raft group.
 type Group struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -38,7 +225,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[0]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -50,7 +237,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[0]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -63,7 +250,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{0}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Group) GetQueue() string {
@@ -97,7 +284,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[1]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -109,7 +296,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[1]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -122,7 +309,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{1}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NotLeader) GetLeaderId() string {
@@ -143,7 +330,7 @@ type ProposeRequest struct {
 
 func (x *ProposeRequest) Reset() {
 	*x = ProposeRequest{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[2]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -155,7 +342,7 @@ func (x *ProposeRequest) String() string {
 func (*ProposeRequest) ProtoMessage() {}
 
 func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[2]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -168,7 +355,7 @@ func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
 func (*ProposeRequest) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{2}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ProposeRequest) GetGroup() *Group {
@@ -201,7 +388,7 @@ type Delivery struct {
 
 func (x *Delivery) Reset() {
 	*x = Delivery{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[3]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -213,7 +400,7 @@ func (x *Delivery) String() string {
 func (*Delivery) ProtoMessage() {}
 
 func (x *Delivery) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[3]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -226,7 +413,7 @@ func (x *Delivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
 func (*Delivery) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{3}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Delivery) GetSeq() uint64 {
@@ -295,7 +482,7 @@ type Enqueued struct {
 
 func (x *Enqueued) Reset() {
 	*x = Enqueued{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[4]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -307,7 +494,7 @@ func (x *Enqueued) String() string {
 func (*Enqueued) ProtoMessage() {}
 
 func (x *Enqueued) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[4]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -320,7 +507,7 @@ func (x *Enqueued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Enqueued.ProtoReflect.Descriptor instead.
 func (*Enqueued) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{4}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Enqueued) GetSeq() uint64 {
@@ -357,7 +544,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[5]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +556,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[5]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +569,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{5}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Result) GetCode() uint32 {
@@ -465,7 +652,7 @@ type ProposeResponse struct {
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[6]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +664,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[6]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +677,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{6}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ProposeResponse) GetNotLeader() *NotLeader {
@@ -517,7 +704,7 @@ type WaitReadyRequest struct {
 
 func (x *WaitReadyRequest) Reset() {
 	*x = WaitReadyRequest{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[7]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +716,7 @@ func (x *WaitReadyRequest) String() string {
 func (*WaitReadyRequest) ProtoMessage() {}
 
 func (x *WaitReadyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[7]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +729,7 @@ func (x *WaitReadyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitReadyRequest.ProtoReflect.Descriptor instead.
 func (*WaitReadyRequest) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{7}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WaitReadyRequest) GetGroup() *Group {
@@ -571,7 +758,7 @@ type WaitReadyResponse struct {
 
 func (x *WaitReadyResponse) Reset() {
 	*x = WaitReadyResponse{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[8]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +770,7 @@ func (x *WaitReadyResponse) String() string {
 func (*WaitReadyResponse) ProtoMessage() {}
 
 func (x *WaitReadyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[8]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +783,7 @@ func (x *WaitReadyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitReadyResponse.ProtoReflect.Descriptor instead.
 func (*WaitReadyResponse) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{8}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WaitReadyResponse) GetNotLeader() *NotLeader {
@@ -640,7 +827,7 @@ type Stats struct {
 
 func (x *Stats) Reset() {
 	*x = Stats{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[9]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -652,7 +839,7 @@ func (x *Stats) String() string {
 func (*Stats) ProtoMessage() {}
 
 func (x *Stats) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[9]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -665,7 +852,7 @@ func (x *Stats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stats.ProtoReflect.Descriptor instead.
 func (*Stats) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{9}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Stats) GetReady() uint64 {
@@ -769,7 +956,7 @@ type DeadLetter struct {
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[10]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +968,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[10]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +981,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{10}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeadLetter) GetSeq() uint64 {
@@ -871,7 +1058,7 @@ type ReplicaState struct {
 
 func (x *ReplicaState) Reset() {
 	*x = ReplicaState{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[11]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +1070,7 @@ func (x *ReplicaState) String() string {
 func (*ReplicaState) ProtoMessage() {}
 
 func (x *ReplicaState) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[11]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +1083,7 @@ func (x *ReplicaState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaState.ProtoReflect.Descriptor instead.
 func (*ReplicaState) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{11}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReplicaState) GetServerId() string {
@@ -940,7 +1127,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[12]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1139,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[12]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1152,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{12}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReadRequest) GetGroup() *Group {
@@ -1027,7 +1214,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[13]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1039,7 +1226,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[13]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1052,7 +1239,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{13}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReadResponse) GetNotLeader() *NotLeader {
@@ -1127,7 +1314,7 @@ type ProposeCatalogRequest struct {
 
 func (x *ProposeCatalogRequest) Reset() {
 	*x = ProposeCatalogRequest{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[14]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1139,7 +1326,7 @@ func (x *ProposeCatalogRequest) String() string {
 func (*ProposeCatalogRequest) ProtoMessage() {}
 
 func (x *ProposeCatalogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[14]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1152,7 +1339,7 @@ func (x *ProposeCatalogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeCatalogRequest.ProtoReflect.Descriptor instead.
 func (*ProposeCatalogRequest) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{14}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ProposeCatalogRequest) GetCommand() *v1.CatalogCommand {
@@ -1175,7 +1362,7 @@ type ProposeCatalogResponse struct {
 
 func (x *ProposeCatalogResponse) Reset() {
 	*x = ProposeCatalogResponse{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[15]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1187,7 +1374,7 @@ func (x *ProposeCatalogResponse) String() string {
 func (*ProposeCatalogResponse) ProtoMessage() {}
 
 func (x *ProposeCatalogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[15]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1200,7 +1387,7 @@ func (x *ProposeCatalogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeCatalogResponse.ProtoReflect.Descriptor instead.
 func (*ProposeCatalogResponse) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{15}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ProposeCatalogResponse) GetNotLeader() *NotLeader {
@@ -1249,7 +1436,7 @@ type TransferRequest struct {
 
 func (x *TransferRequest) Reset() {
 	*x = TransferRequest{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[16]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1448,7 @@ func (x *TransferRequest) String() string {
 func (*TransferRequest) ProtoMessage() {}
 
 func (x *TransferRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[16]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1461,7 @@ func (x *TransferRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferRequest.ProtoReflect.Descriptor instead.
 func (*TransferRequest) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{16}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TransferRequest) GetGroup() *Group {
@@ -1301,7 +1488,7 @@ type TransferResponse struct {
 
 func (x *TransferResponse) Reset() {
 	*x = TransferResponse{}
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[17]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1313,7 +1500,7 @@ func (x *TransferResponse) String() string {
 func (*TransferResponse) ProtoMessage() {}
 
 func (x *TransferResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[17]
+	mi := &file_quorumq_peer_v1_peer_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1326,7 +1513,7 @@ func (x *TransferResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferResponse.ProtoReflect.Descriptor instead.
 func (*TransferResponse) Descriptor() ([]byte, []int) {
-	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{17}
+	return file_quorumq_peer_v1_peer_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TransferResponse) GetNotLeader() *NotLeader {
@@ -1347,7 +1534,16 @@ var File_quorumq_peer_v1_peer_proto protoreflect.FileDescriptor
 
 const file_quorumq_peer_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x1aquorumq/peer/v1/peer.proto\x12\x0fquorumq.peer.v1\x1a\x1equorumq/fsm/v1/partition.proto\x1a\x1cquorumq/fsm/v1/catalog.proto\"V\n" +
+	"\x1aquorumq/peer/v1/peer.proto\x12\x0fquorumq.peer.v1\x1a\x1equorumq/fsm/v1/partition.proto\x1a\x1cquorumq/fsm/v1/catalog.proto\"\x11\n" +
+	"\x0fIdentifyRequest\"G\n" +
+	"\x10IdentifyResponse\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1a\n" +
+	"\binstance\x18\x02 \x01(\tR\binstance\"8\n" +
+	"\x14GossipKeyringRequest\x12\x0e\n" +
+	"\x02op\x18\x01 \x01(\tR\x02op\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"+\n" +
+	"\x15GossipKeyringResponse\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys\"V\n" +
 	"\x05Group\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x19\n" +
 	"\bqueue_id\x18\x02 \x01(\x04R\aqueueId\x12\x1c\n" +
@@ -1469,13 +1665,15 @@ const file_quorumq_peer_v1_peer_proto_rawDesc = "" +
 	"\x10TransferResponse\x129\n" +
 	"\n" +
 	"not_leader\x18\x01 \x01(\v2\x1a.quorumq.peer.v1.NotLeaderR\tnotLeader\x12\x1b\n" +
-	"\tleader_id\x18\x02 \x01(\tR\bleaderId2\xb2\x03\n" +
+	"\tleader_id\x18\x02 \x01(\tR\bleaderId2\xe3\x04\n" +
 	"\vPeerService\x12L\n" +
 	"\aPropose\x12\x1f.quorumq.peer.v1.ProposeRequest\x1a .quorumq.peer.v1.ProposeResponse\x12R\n" +
 	"\tWaitReady\x12!.quorumq.peer.v1.WaitReadyRequest\x1a\".quorumq.peer.v1.WaitReadyResponse\x12C\n" +
 	"\x04Read\x12\x1c.quorumq.peer.v1.ReadRequest\x1a\x1d.quorumq.peer.v1.ReadResponse\x12a\n" +
 	"\x0eProposeCatalog\x12&.quorumq.peer.v1.ProposeCatalogRequest\x1a'.quorumq.peer.v1.ProposeCatalogResponse\x12Y\n" +
-	"\x12TransferLeadership\x12 .quorumq.peer.v1.TransferRequest\x1a!.quorumq.peer.v1.TransferResponseB9Z7github.com/quorumq/quorumq/proto/quorumq/peer/v1;peerv1b\x06proto3"
+	"\x12TransferLeadership\x12 .quorumq.peer.v1.TransferRequest\x1a!.quorumq.peer.v1.TransferResponse\x12O\n" +
+	"\bIdentify\x12 .quorumq.peer.v1.IdentifyRequest\x1a!.quorumq.peer.v1.IdentifyResponse\x12^\n" +
+	"\rGossipKeyring\x12%.quorumq.peer.v1.GossipKeyringRequest\x1a&.quorumq.peer.v1.GossipKeyringResponseB9Z7github.com/quorumq/quorumq/proto/quorumq/peer/v1;peerv1b\x06proto3"
 
 var (
 	file_quorumq_peer_v1_peer_proto_rawDescOnce sync.Once
@@ -1489,64 +1687,72 @@ func file_quorumq_peer_v1_peer_proto_rawDescGZIP() []byte {
 	return file_quorumq_peer_v1_peer_proto_rawDescData
 }
 
-var file_quorumq_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_quorumq_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_quorumq_peer_v1_peer_proto_goTypes = []any{
-	(*Group)(nil),                  // 0: quorumq.peer.v1.Group
-	(*NotLeader)(nil),              // 1: quorumq.peer.v1.NotLeader
-	(*ProposeRequest)(nil),         // 2: quorumq.peer.v1.ProposeRequest
-	(*Delivery)(nil),               // 3: quorumq.peer.v1.Delivery
-	(*Enqueued)(nil),               // 4: quorumq.peer.v1.Enqueued
-	(*Result)(nil),                 // 5: quorumq.peer.v1.Result
-	(*ProposeResponse)(nil),        // 6: quorumq.peer.v1.ProposeResponse
-	(*WaitReadyRequest)(nil),       // 7: quorumq.peer.v1.WaitReadyRequest
-	(*WaitReadyResponse)(nil),      // 8: quorumq.peer.v1.WaitReadyResponse
-	(*Stats)(nil),                  // 9: quorumq.peer.v1.Stats
-	(*DeadLetter)(nil),             // 10: quorumq.peer.v1.DeadLetter
-	(*ReplicaState)(nil),           // 11: quorumq.peer.v1.ReplicaState
-	(*ReadRequest)(nil),            // 12: quorumq.peer.v1.ReadRequest
-	(*ReadResponse)(nil),           // 13: quorumq.peer.v1.ReadResponse
-	(*ProposeCatalogRequest)(nil),  // 14: quorumq.peer.v1.ProposeCatalogRequest
-	(*ProposeCatalogResponse)(nil), // 15: quorumq.peer.v1.ProposeCatalogResponse
-	(*TransferRequest)(nil),        // 16: quorumq.peer.v1.TransferRequest
-	(*TransferResponse)(nil),       // 17: quorumq.peer.v1.TransferResponse
-	(*v1.Command)(nil),             // 18: quorumq.fsm.v1.Command
-	(*v1.Header)(nil),              // 19: quorumq.fsm.v1.Header
-	(*v1.CatalogCommand)(nil),      // 20: quorumq.fsm.v1.CatalogCommand
-	(*v1.QueueInfo)(nil),           // 21: quorumq.fsm.v1.QueueInfo
+	(*IdentifyRequest)(nil),        // 0: quorumq.peer.v1.IdentifyRequest
+	(*IdentifyResponse)(nil),       // 1: quorumq.peer.v1.IdentifyResponse
+	(*GossipKeyringRequest)(nil),   // 2: quorumq.peer.v1.GossipKeyringRequest
+	(*GossipKeyringResponse)(nil),  // 3: quorumq.peer.v1.GossipKeyringResponse
+	(*Group)(nil),                  // 4: quorumq.peer.v1.Group
+	(*NotLeader)(nil),              // 5: quorumq.peer.v1.NotLeader
+	(*ProposeRequest)(nil),         // 6: quorumq.peer.v1.ProposeRequest
+	(*Delivery)(nil),               // 7: quorumq.peer.v1.Delivery
+	(*Enqueued)(nil),               // 8: quorumq.peer.v1.Enqueued
+	(*Result)(nil),                 // 9: quorumq.peer.v1.Result
+	(*ProposeResponse)(nil),        // 10: quorumq.peer.v1.ProposeResponse
+	(*WaitReadyRequest)(nil),       // 11: quorumq.peer.v1.WaitReadyRequest
+	(*WaitReadyResponse)(nil),      // 12: quorumq.peer.v1.WaitReadyResponse
+	(*Stats)(nil),                  // 13: quorumq.peer.v1.Stats
+	(*DeadLetter)(nil),             // 14: quorumq.peer.v1.DeadLetter
+	(*ReplicaState)(nil),           // 15: quorumq.peer.v1.ReplicaState
+	(*ReadRequest)(nil),            // 16: quorumq.peer.v1.ReadRequest
+	(*ReadResponse)(nil),           // 17: quorumq.peer.v1.ReadResponse
+	(*ProposeCatalogRequest)(nil),  // 18: quorumq.peer.v1.ProposeCatalogRequest
+	(*ProposeCatalogResponse)(nil), // 19: quorumq.peer.v1.ProposeCatalogResponse
+	(*TransferRequest)(nil),        // 20: quorumq.peer.v1.TransferRequest
+	(*TransferResponse)(nil),       // 21: quorumq.peer.v1.TransferResponse
+	(*v1.Command)(nil),             // 22: quorumq.fsm.v1.Command
+	(*v1.Header)(nil),              // 23: quorumq.fsm.v1.Header
+	(*v1.CatalogCommand)(nil),      // 24: quorumq.fsm.v1.CatalogCommand
+	(*v1.QueueInfo)(nil),           // 25: quorumq.fsm.v1.QueueInfo
 }
 var file_quorumq_peer_v1_peer_proto_depIdxs = []int32{
-	0,  // 0: quorumq.peer.v1.ProposeRequest.group:type_name -> quorumq.peer.v1.Group
-	18, // 1: quorumq.peer.v1.ProposeRequest.command:type_name -> quorumq.fsm.v1.Command
-	19, // 2: quorumq.peer.v1.Delivery.headers:type_name -> quorumq.fsm.v1.Header
-	4,  // 3: quorumq.peer.v1.Result.enqueued:type_name -> quorumq.peer.v1.Enqueued
-	3,  // 4: quorumq.peer.v1.Result.delivered:type_name -> quorumq.peer.v1.Delivery
-	1,  // 5: quorumq.peer.v1.ProposeResponse.not_leader:type_name -> quorumq.peer.v1.NotLeader
-	5,  // 6: quorumq.peer.v1.ProposeResponse.result:type_name -> quorumq.peer.v1.Result
-	0,  // 7: quorumq.peer.v1.WaitReadyRequest.group:type_name -> quorumq.peer.v1.Group
-	1,  // 8: quorumq.peer.v1.WaitReadyResponse.not_leader:type_name -> quorumq.peer.v1.NotLeader
-	19, // 9: quorumq.peer.v1.DeadLetter.headers:type_name -> quorumq.fsm.v1.Header
-	0,  // 10: quorumq.peer.v1.ReadRequest.group:type_name -> quorumq.peer.v1.Group
-	1,  // 11: quorumq.peer.v1.ReadResponse.not_leader:type_name -> quorumq.peer.v1.NotLeader
-	9,  // 12: quorumq.peer.v1.ReadResponse.stats:type_name -> quorumq.peer.v1.Stats
-	10, // 13: quorumq.peer.v1.ReadResponse.dead_letters:type_name -> quorumq.peer.v1.DeadLetter
-	11, // 14: quorumq.peer.v1.ReadResponse.replicas:type_name -> quorumq.peer.v1.ReplicaState
-	20, // 15: quorumq.peer.v1.ProposeCatalogRequest.command:type_name -> quorumq.fsm.v1.CatalogCommand
-	1,  // 16: quorumq.peer.v1.ProposeCatalogResponse.not_leader:type_name -> quorumq.peer.v1.NotLeader
-	21, // 17: quorumq.peer.v1.ProposeCatalogResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	0,  // 18: quorumq.peer.v1.TransferRequest.group:type_name -> quorumq.peer.v1.Group
-	1,  // 19: quorumq.peer.v1.TransferResponse.not_leader:type_name -> quorumq.peer.v1.NotLeader
-	2,  // 20: quorumq.peer.v1.PeerService.Propose:input_type -> quorumq.peer.v1.ProposeRequest
-	7,  // 21: quorumq.peer.v1.PeerService.WaitReady:input_type -> quorumq.peer.v1.WaitReadyRequest
-	12, // 22: quorumq.peer.v1.PeerService.Read:input_type -> quorumq.peer.v1.ReadRequest
-	14, // 23: quorumq.peer.v1.PeerService.ProposeCatalog:input_type -> quorumq.peer.v1.ProposeCatalogRequest
-	16, // 24: quorumq.peer.v1.PeerService.TransferLeadership:input_type -> quorumq.peer.v1.TransferRequest
-	6,  // 25: quorumq.peer.v1.PeerService.Propose:output_type -> quorumq.peer.v1.ProposeResponse
-	8,  // 26: quorumq.peer.v1.PeerService.WaitReady:output_type -> quorumq.peer.v1.WaitReadyResponse
-	13, // 27: quorumq.peer.v1.PeerService.Read:output_type -> quorumq.peer.v1.ReadResponse
-	15, // 28: quorumq.peer.v1.PeerService.ProposeCatalog:output_type -> quorumq.peer.v1.ProposeCatalogResponse
-	17, // 29: quorumq.peer.v1.PeerService.TransferLeadership:output_type -> quorumq.peer.v1.TransferResponse
-	25, // [25:30] is the sub-list for method output_type
-	20, // [20:25] is the sub-list for method input_type
+	4,  // 0: quorumq.peer.v1.ProposeRequest.group:type_name -> quorumq.peer.v1.Group
+	22, // 1: quorumq.peer.v1.ProposeRequest.command:type_name -> quorumq.fsm.v1.Command
+	23, // 2: quorumq.peer.v1.Delivery.headers:type_name -> quorumq.fsm.v1.Header
+	8,  // 3: quorumq.peer.v1.Result.enqueued:type_name -> quorumq.peer.v1.Enqueued
+	7,  // 4: quorumq.peer.v1.Result.delivered:type_name -> quorumq.peer.v1.Delivery
+	5,  // 5: quorumq.peer.v1.ProposeResponse.not_leader:type_name -> quorumq.peer.v1.NotLeader
+	9,  // 6: quorumq.peer.v1.ProposeResponse.result:type_name -> quorumq.peer.v1.Result
+	4,  // 7: quorumq.peer.v1.WaitReadyRequest.group:type_name -> quorumq.peer.v1.Group
+	5,  // 8: quorumq.peer.v1.WaitReadyResponse.not_leader:type_name -> quorumq.peer.v1.NotLeader
+	23, // 9: quorumq.peer.v1.DeadLetter.headers:type_name -> quorumq.fsm.v1.Header
+	4,  // 10: quorumq.peer.v1.ReadRequest.group:type_name -> quorumq.peer.v1.Group
+	5,  // 11: quorumq.peer.v1.ReadResponse.not_leader:type_name -> quorumq.peer.v1.NotLeader
+	13, // 12: quorumq.peer.v1.ReadResponse.stats:type_name -> quorumq.peer.v1.Stats
+	14, // 13: quorumq.peer.v1.ReadResponse.dead_letters:type_name -> quorumq.peer.v1.DeadLetter
+	15, // 14: quorumq.peer.v1.ReadResponse.replicas:type_name -> quorumq.peer.v1.ReplicaState
+	24, // 15: quorumq.peer.v1.ProposeCatalogRequest.command:type_name -> quorumq.fsm.v1.CatalogCommand
+	5,  // 16: quorumq.peer.v1.ProposeCatalogResponse.not_leader:type_name -> quorumq.peer.v1.NotLeader
+	25, // 17: quorumq.peer.v1.ProposeCatalogResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	4,  // 18: quorumq.peer.v1.TransferRequest.group:type_name -> quorumq.peer.v1.Group
+	5,  // 19: quorumq.peer.v1.TransferResponse.not_leader:type_name -> quorumq.peer.v1.NotLeader
+	6,  // 20: quorumq.peer.v1.PeerService.Propose:input_type -> quorumq.peer.v1.ProposeRequest
+	11, // 21: quorumq.peer.v1.PeerService.WaitReady:input_type -> quorumq.peer.v1.WaitReadyRequest
+	16, // 22: quorumq.peer.v1.PeerService.Read:input_type -> quorumq.peer.v1.ReadRequest
+	18, // 23: quorumq.peer.v1.PeerService.ProposeCatalog:input_type -> quorumq.peer.v1.ProposeCatalogRequest
+	20, // 24: quorumq.peer.v1.PeerService.TransferLeadership:input_type -> quorumq.peer.v1.TransferRequest
+	0,  // 25: quorumq.peer.v1.PeerService.Identify:input_type -> quorumq.peer.v1.IdentifyRequest
+	2,  // 26: quorumq.peer.v1.PeerService.GossipKeyring:input_type -> quorumq.peer.v1.GossipKeyringRequest
+	10, // 27: quorumq.peer.v1.PeerService.Propose:output_type -> quorumq.peer.v1.ProposeResponse
+	12, // 28: quorumq.peer.v1.PeerService.WaitReady:output_type -> quorumq.peer.v1.WaitReadyResponse
+	17, // 29: quorumq.peer.v1.PeerService.Read:output_type -> quorumq.peer.v1.ReadResponse
+	19, // 30: quorumq.peer.v1.PeerService.ProposeCatalog:output_type -> quorumq.peer.v1.ProposeCatalogResponse
+	21, // 31: quorumq.peer.v1.PeerService.TransferLeadership:output_type -> quorumq.peer.v1.TransferResponse
+	1,  // 32: quorumq.peer.v1.PeerService.Identify:output_type -> quorumq.peer.v1.IdentifyResponse
+	3,  // 33: quorumq.peer.v1.PeerService.GossipKeyring:output_type -> quorumq.peer.v1.GossipKeyringResponse
+	27, // [27:34] is the sub-list for method output_type
+	20, // [20:27] is the sub-list for method input_type
 	20, // [20:20] is the sub-list for extension type_name
 	20, // [20:20] is the sub-list for extension extendee
 	0,  // [0:20] is the sub-list for field type_name
@@ -1563,7 +1769,7 @@ func file_quorumq_peer_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quorumq_peer_v1_peer_proto_rawDesc), len(file_quorumq_peer_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

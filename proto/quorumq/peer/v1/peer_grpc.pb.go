@@ -28,6 +28,8 @@ const (
 	PeerService_Read_FullMethodName               = "/quorumq.peer.v1.PeerService/Read"
 	PeerService_ProposeCatalog_FullMethodName     = "/quorumq.peer.v1.PeerService/ProposeCatalog"
 	PeerService_TransferLeadership_FullMethodName = "/quorumq.peer.v1.PeerService/TransferLeadership"
+	PeerService_Identify_FullMethodName           = "/quorumq.peer.v1.PeerService/Identify"
+	PeerService_GossipKeyring_FullMethodName      = "/quorumq.peer.v1.PeerService/GossipKeyring"
 )
 
 // PeerServiceClient is the client API for PeerService service.
@@ -48,6 +50,12 @@ type PeerServiceClient interface {
 	ProposeCatalog(ctx context.Context, in *ProposeCatalogRequest, opts ...grpc.CallOption) (*ProposeCatalogResponse, error)
 	// TransferLeadership moves a group's leadership.
 	TransferLeadership(ctx context.Context, in *TransferRequest, opts ...grpc.CallOption) (*TransferResponse, error)
+	// Identify says who answers: the node id and the instance of its data
+	// directory. Called over mutual TLS that checks the answering node's
+	// certificate names the node id the caller expects (admission).
+	Identify(ctx context.Context, in *IdentifyRequest, opts ...grpc.CallOption) (*IdentifyResponse, error)
+	// GossipKeyring changes or lists this node's gossip keyring.
+	GossipKeyring(ctx context.Context, in *GossipKeyringRequest, opts ...grpc.CallOption) (*GossipKeyringResponse, error)
 }
 
 type peerServiceClient struct {
@@ -108,6 +116,26 @@ func (c *peerServiceClient) TransferLeadership(ctx context.Context, in *Transfer
 	return out, nil
 }
 
+func (c *peerServiceClient) Identify(ctx context.Context, in *IdentifyRequest, opts ...grpc.CallOption) (*IdentifyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IdentifyResponse)
+	err := c.cc.Invoke(ctx, PeerService_Identify_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *peerServiceClient) GossipKeyring(ctx context.Context, in *GossipKeyringRequest, opts ...grpc.CallOption) (*GossipKeyringResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GossipKeyringResponse)
+	err := c.cc.Invoke(ctx, PeerService_GossipKeyring_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServiceServer is the server API for PeerService service.
 // All implementations must embed UnimplementedPeerServiceServer
 // for forward compatibility.
@@ -126,6 +154,12 @@ type PeerServiceServer interface {
 	ProposeCatalog(context.Context, *ProposeCatalogRequest) (*ProposeCatalogResponse, error)
 	// TransferLeadership moves a group's leadership.
 	TransferLeadership(context.Context, *TransferRequest) (*TransferResponse, error)
+	// Identify says who answers: the node id and the instance of its data
+	// directory. Called over mutual TLS that checks the answering node's
+	// certificate names the node id the caller expects (admission).
+	Identify(context.Context, *IdentifyRequest) (*IdentifyResponse, error)
+	// GossipKeyring changes or lists this node's gossip keyring.
+	GossipKeyring(context.Context, *GossipKeyringRequest) (*GossipKeyringResponse, error)
 	mustEmbedUnimplementedPeerServiceServer()
 }
 
@@ -150,6 +184,12 @@ func (UnimplementedPeerServiceServer) ProposeCatalog(context.Context, *ProposeCa
 }
 func (UnimplementedPeerServiceServer) TransferLeadership(context.Context, *TransferRequest) (*TransferResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method TransferLeadership not implemented")
+}
+func (UnimplementedPeerServiceServer) Identify(context.Context, *IdentifyRequest) (*IdentifyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Identify not implemented")
+}
+func (UnimplementedPeerServiceServer) GossipKeyring(context.Context, *GossipKeyringRequest) (*GossipKeyringResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GossipKeyring not implemented")
 }
 func (UnimplementedPeerServiceServer) mustEmbedUnimplementedPeerServiceServer() {}
 func (UnimplementedPeerServiceServer) testEmbeddedByValue()                     {}
@@ -262,6 +302,42 @@ func _PeerService_TransferLeadership_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PeerService_Identify_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IdentifyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServiceServer).Identify(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PeerService_Identify_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServiceServer).Identify(ctx, req.(*IdentifyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PeerService_GossipKeyring_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GossipKeyringRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServiceServer).GossipKeyring(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PeerService_GossipKeyring_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServiceServer).GossipKeyring(ctx, req.(*GossipKeyringRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PeerService_ServiceDesc is the grpc.ServiceDesc for PeerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -288,6 +364,14 @@ var PeerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "TransferLeadership",
 			Handler:    _PeerService_TransferLeadership_Handler,
+		},
+		{
+			MethodName: "Identify",
+			Handler:    _PeerService_Identify_Handler,
+		},
+		{
+			MethodName: "GossipKeyring",
+			Handler:    _PeerService_GossipKeyring_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
