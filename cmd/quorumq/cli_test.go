@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -122,17 +124,37 @@ func TestPayloadText(t *testing.T) {
 }
 
 func TestDevConfigs(t *testing.T) {
-	cfgs := devConfigs("/d", 3, 9000)
-	if len(cfgs) != 3 {
-		t.Fatalf("%d configs", len(cfgs))
+	d := t.TempDir()
+	cfgs, err := devConfigs(d, 3, 9000, false)
+	if err != nil || len(cfgs) != 3 {
+		t.Fatalf("%d configs, %v", len(cfgs), err)
 	}
 	c := cfgs[2]
-	if c.NodeID != "dev3" || c.DataDir != "/d/dev3" || c.ClientAddr != "127.0.0.1:9020" || c.PeerAddr != "127.0.0.1:9021" ||
+	if err := c.Validate(); err != nil {
+		t.Fatalf("dev config not valid (secure by default): %v", err)
+	}
+	for _, f := range []string{c.TLSCAFile, c.TLSCertFile, c.TLSKeyFile, c.GossipKeyFile} {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("TLS material: %v", err)
+		}
+	}
+	if c.NodeID != "dev3" || c.DataDir != filepath.Join(d, "dev3") || c.ClientAddr != "127.0.0.1:9020" || c.PeerAddr != "127.0.0.1:9021" ||
 		c.GossipAddr != "127.0.0.1:9022" || c.HTTPAddr != "127.0.0.1:9023" || c.BootstrapExpect != 3 {
 		t.Errorf("node 3: %+v", c)
 	}
 	if len(cfgs[0].Join) != 0 || len(c.Join) != 1 || c.Join[0] != "127.0.0.1:9002" {
 		t.Errorf("joins: %q, %q", cfgs[0].Join, c.Join)
+	}
+	// Again: the material is kept.
+	again, _ := devConfigs(d, 3, 9000, false)
+	a, _ := os.ReadFile(again[0].TLSCAFile)
+	b, _ := os.ReadFile(cfgs[0].TLSCAFile)
+	if string(a) != string(b) {
+		t.Error("a second dev run made a new CA")
+	}
+	insecure, err := devConfigs(t.TempDir(), 1, 9000, true)
+	if err != nil || !insecure[0].Insecure || insecure[0].TLSCAFile != "" {
+		t.Errorf("--insecure: %+v, %v", insecure[0], err)
 	}
 }
 

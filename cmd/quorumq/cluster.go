@@ -18,9 +18,10 @@ func (a *app) clusterCmd() *cobra.Command {
   quorumq cluster partitions --queue demo
   quorumq cluster transfer-leader demo 0 --to dev2
   quorumq cluster drain dev3 && quorumq cluster remove dev3
-  quorumq cluster rebalance`,
+  quorumq cluster rebalance
+  quorumq cluster gossip-key list`,
 		a.clusterStatusCmd(), a.clusterMembersCmd(), a.clusterPartitionsCmd(), a.clusterTransferCmd(),
-		a.clusterDrainCmd(), a.clusterRemoveCmd(), a.clusterRebalanceCmd())
+		a.clusterDrainCmd(), a.clusterRemoveCmd(), a.clusterRebalanceCmd(), a.clusterGossipKeyCmd())
 }
 
 func (a *app) clusterStatusCmd() *cobra.Command {
@@ -88,11 +89,23 @@ func (a *app) clusterMembersCmd() *cobra.Command {
 				return nil
 			}
 			t := newTable(a.stdout, "ID", "GOSSIP", "CATALOG", "CLIENT", "PEER", "GOSSIP ADDR", "HTTP", "ZONE", "VERSION")
+			var refused []string
 			for _, m := range resp.GetMembers() {
-				t.row(m.GetId(), m.GetGossipState(), m.GetCatalogState(), m.GetClientAddr(), m.GetPeerAddr(),
+				catalog := m.GetCatalogState()
+				if m.GetRefused() {
+					catalog = "refused"
+					refused = append(refused, fmt.Sprintf("%s refused: %s", m.GetId(), m.GetRefusedReason()))
+				}
+				t.row(m.GetId(), m.GetGossipState(), catalog, m.GetClientAddr(), m.GetPeerAddr(),
 					m.GetGossipAddr(), m.GetHttpAddr(), m.GetZone(), m.GetVersion())
 			}
-			return t.flush()
+			if err := t.flush(); err != nil {
+				return err
+			}
+			for _, r := range refused {
+				fmt.Fprintln(a.stdout, r)
+			}
+			return nil
 		},
 	}
 }

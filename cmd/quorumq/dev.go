@@ -20,6 +20,7 @@ import (
 
 	"github.com/quorumq/quorumq/cluster"
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
+	"github.com/quorumq/quorumq/transport/pki"
 )
 
 // formTimeout bounds how long dev waits for its cluster to form.
@@ -30,6 +31,7 @@ func (a *app) devCmd() *cobra.Command {
 		dir      string
 		nodes    int
 		basePort int
+		insecure bool
 	)
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -40,7 +42,11 @@ Ctrl-C. Node i (from 0) listens on --base-port+10*i (client), +1 (peer),
 7420-7423, so client commands reach it without --servers.
 
 Data is kept under --dir (default: quorumq-dev in the temporary directory)
-and reused by the next run; delete the directory to start afresh.`,
+and reused by the next run; delete the directory to start afresh.
+
+The cluster is secure as a production one is: the nodes talk mutual TLS with
+a throwaway CA, node certificates and gossip key created in --dir/tls (kept
+with the data). --insecure turns that off.`,
 		Example: `  quorumq dev
   quorumq dev --nodes 5 --dir ./data
   quorumq dev --base-port 8420 &
@@ -56,19 +62,32 @@ and reused by the next run; delete the directory to start afresh.`,
 			if dir == "" {
 				dir = filepath.Join(os.TempDir(), "quorumq-dev")
 			}
-			return a.dev(cmd.Context(), devConfigs(dir, nodes, basePort))
+			cfgs, err := devConfigs(dir, nodes, basePort, insecure)
+			if err != nil {
+				return err
+			}
+			return a.dev(cmd.Context(), cfgs)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "data directory of the nodes, one subdirectory each (default: $TMPDIR/quorumq-dev)")
 	cmd.Flags().IntVar(&nodes, "nodes", 3, "number of nodes")
 	cmd.Flags().IntVar(&basePort, "base-port", cluster.DefaultClientPort, "first port; node i uses base+10*i to base+10*i+3")
+	cmd.Flags().BoolVar(&insecure, "insecure", false, "no TLS between nodes and no gossip encryption")
 	return cmd
 }
 
 // devConfigs are the configurations of a local cluster of n nodes: ids
 // dev1..devN, data in dir/devI, ports from base, every node but the first
-// joining the first's gossip address.
-func devConfigs(dir string, n, base int) []cluster.Config {
+// joining the first's gossip address; unless insecure, TLS material and a
+// gossip key in dir/tls (created on first use).
+func devConfigs(dir string, n, base int, insecure bool) ([]cluster.Config, error) {
+	var local *pki.Local
+	if !insecure {
+		var err error
+		if local, err = pki.OpenLocal(filepath.Join(dir, "tls")); err != nil {
+			return nil, fmt.Errorf("dev TLS material: %w", err)
+		}
+	}
 	addr := func(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 	cfgs := make([]cluster.Config, n)
 	for i := range cfgs {
@@ -87,8 +106,17 @@ func devConfigs(dir string, n, base int) []cluster.Config {
 		if i > 0 {
 			cfgs[i].Join = []string{addr(base + 2)}
 		}
+		if insecure {
+			cfgs[i].Insecure = true
+			continue
+		}
+		f, err := local.Node(id)
+		if err != nil {
+			return nil, fmt.Errorf("dev TLS material: %w", err)
+		}
+		cfgs[i].TLSCAFile, cfgs[i].TLSCertFile, cfgs[i].TLSKeyFile, cfgs[i].GossipKeyFile = f.CA, f.Cert, f.Key, local.GossipKeyFile
 	}
-	return cfgs
+	return cfgs, nil
 }
 
 // dev starts the nodes, waits for them to form a cluster, and stops them

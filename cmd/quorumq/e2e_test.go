@@ -313,10 +313,15 @@ func TestEndToEnd(t *testing.T) {
 			"bad bootstrap":   {"--data-dir", t.TempDir(), "--client-addr", free(), "--bootstrap-expect", "-1"},
 			"bad client addr": {"--data-dir", t.TempDir(), "--client-addr", "nohostport"},
 		} {
-			args = append([]string{"server", "--log-level", "error", "--peer-addr", free(), "--gossip-addr", free(), "--http-addr", free()}, args...)
+			args = append([]string{"server", "--insecure", "--log-level", "error", "--peer-addr", free(), "--gossip-addr", free(), "--http-addr", free()}, args...)
 			if r := quorumq(t, args...); r.code != 1 || !oneLine(r) {
 				t.Errorf("%s: %v; want exit 1 with a one-line error", name, r)
 			}
+		}
+		// Secure by default: no TLS material and no --insecure.
+		r := quorumq(t, "server", "--data-dir", t.TempDir(), "--client-addr", free(), "--peer-addr", free(), "--gossip-addr", free(), "--http-addr", free())
+		if r.code != 1 || !oneLine(r) || !strings.Contains(r.stderr, "--insecure") || !strings.Contains(r.stderr, "--tls-ca") {
+			t.Errorf("server without TLS material: %v; want exit 1, naming the missing flags and --insecure", r)
 		}
 	})
 

@@ -134,6 +134,7 @@ environment variable QUORUMQ_<NAME>, dashes written as underscores
 		a.receiptCmd(rejectOp),
 		a.dlqCmd(),
 		a.clusterCmd(),
+		a.certsCmd(),
 		a.healthCmd(),
 		a.benchCmd(),
 		a.verifyCmd(),

@@ -29,6 +29,7 @@ const stopGrace = 5 * time.Second
 var serverKeys = []string{
 	"node-id", "data-dir", "client-addr", "peer-addr", "gossip-addr", "http-addr",
 	"advertise-host", "join", "bootstrap-expect", "zone", "replace-after", "balance-interval", "auto-rebalance",
+	"tls-ca", "tls-cert", "tls-key", "gossip-key-file", "insecure",
 }
 
 // serverFlags holds the server command's flags.
@@ -47,6 +48,11 @@ type serverFlags struct {
 	replaceAfter    time.Duration
 	balanceInterval time.Duration
 	autoRebalance   bool
+	tlsCA           string
+	tlsCert         string
+	tlsKey          string
+	gossipKeyFile   string
+	insecure        bool
 }
 
 func (s *serverFlags) register(fs *pflag.FlagSet) {
@@ -64,6 +70,11 @@ func (s *serverFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&s.replaceAfter, "replace-after", cluster.DefaultReplaceAfter, "move the replicas of a node unreachable this long to live nodes (negative: never)")
 	fs.DurationVar(&s.balanceInterval, "balance-interval", time.Minute, "how often the controller evens out leaderships (negative: never)")
 	fs.BoolVar(&s.autoRebalance, "auto-rebalance", false, "also move replicas to even them out, as 'quorumq cluster rebalance' does, when no move is in progress")
+	fs.StringVar(&s.tlsCA, "tls-ca", "", "PEM bundle of the cluster CA(s) for mutual TLS between nodes (required unless --insecure; re-read when it changes)")
+	fs.StringVar(&s.tlsCert, "tls-cert", "", "this node's certificate, naming its node id ('quorumq certs node'; required unless --insecure)")
+	fs.StringVar(&s.tlsKey, "tls-key", "", "this node's private key (required unless --insecure)")
+	fs.StringVar(&s.gossipKeyFile, "gossip-key-file", "", "gossip encryption key, base64 ('quorumq certs gossip-key'; used at first start, then the keyring in the data directory; required unless --insecure)")
+	fs.BoolVar(&s.insecure, "insecure", false, "no TLS between nodes and no gossip encryption: anyone who reaches the ports owns the cluster (throwaway clusters only)")
 }
 
 // load completes the flags that the command line left alone from the
@@ -114,6 +125,11 @@ func (s *serverFlags) clusterConfig() (cluster.Config, error) {
 		ReplaceAfter:    s.replaceAfter,
 		BalanceInterval: s.balanceInterval,
 		AutoRebalance:   s.autoRebalance,
+		TLSCAFile:       s.tlsCA,
+		TLSCertFile:     s.tlsCert,
+		TLSKeyFile:      s.tlsKey,
+		GossipKeyFile:   s.gossipKeyFile,
+		Insecure:        s.insecure,
 	}, nil
 }
 
@@ -127,12 +143,18 @@ what it leads, leave gossip, finish in-flight requests (at most 30 s).
 
 Settings come from flags, then QUORUMQ_<NAME> environment variables, then the
 YAML file named by --config (keys are the flag names), then the defaults.`,
-		Example: `  # The first of three nodes; the others join it:
-  quorumq server --data-dir /var/lib/quorumq --node-id q1 --bootstrap-expect 3
-  quorumq server --data-dir /var/lib/quorumq --node-id q2 --bootstrap-expect 3 --join q1:7422
+		Example: `  # A throwaway cluster without TLS: the first of three nodes; the others join it:
+  quorumq server --insecure --data-dir /var/lib/quorumq --node-id q1 --bootstrap-expect 3
+  quorumq server --insecure --data-dir /var/lib/quorumq --node-id q2 --bootstrap-expect 3 --join q1:7422
 
   # The same from the environment (as in a container):
-  QUORUMQ_DATA_DIR=/data QUORUMQ_BOOTSTRAP_EXPECT=3 QUORUMQ_JOIN=quorumq-headless quorumq server
+  QUORUMQ_INSECURE=true QUORUMQ_DATA_DIR=/data QUORUMQ_BOOTSTRAP_EXPECT=3 QUORUMQ_JOIN=quorumq-headless quorumq server
+
+  # Secure (the default): TLS between nodes and gossip encryption
+  quorumq certs ca --out tls && quorumq certs gossip-key --out tls/gossip.key
+  quorumq certs node --ca-dir tls --id q1 --out tls
+  quorumq server --data-dir /var/lib/quorumq --node-id q1 --bootstrap-expect 3 \
+    --tls-ca tls/ca.pem --tls-cert tls/q1.pem --tls-key tls/q1-key.pem --gossip-key-file tls/gossip.key
 
   # From a file:
   #   data-dir: /var/lib/quorumq
