@@ -17,6 +17,7 @@ import (
 
 	"github.com/quorumq/quorumq/client"
 	"github.com/quorumq/quorumq/cluster"
+	"github.com/quorumq/quorumq/transport/pki"
 )
 
 // Every goroutine the client starts must be gone once it is closed; the
@@ -63,12 +64,21 @@ func startClusterWith(size int, prefix string, logger *slog.Logger) (*testCluste
 		return nil, err
 	}
 	c := &testCluster{dir: dir}
+	tlsDir, err := pki.OpenLocal(filepath.Join(dir, "tls"))
+	if err != nil {
+		return nil, err
+	}
 	for i := range size {
 		cfg := cluster.Config{
 			NodeID: fmt.Sprintf("%s%d", prefix, i+1), DataDir: filepath.Join(dir, fmt.Sprintf("%s%d", prefix, i+1)),
 			ClientAddr: "127.0.0.1:0", PeerAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", HTTPAddr: "-",
-			BootstrapExpect: size, Logger: logger,
+			BootstrapExpect: size, Logger: logger, GossipKeyFile: tlsDir.GossipKeyFile,
 		}
+		f, err := tlsDir.Node(cfg.NodeID)
+		if err != nil {
+			return nil, err
+		}
+		cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile = f.CA, f.Cert, f.Key
 		if i > 0 {
 			cfg.Join = []string{c.nodes[0].GossipAddr()}
 		}

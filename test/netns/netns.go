@@ -63,6 +63,11 @@ type Config struct {
 	// ExtraArgs are appended to every `quorumq server` command line; a flag
 	// given here overrides the harness's own (e.g. "--log-level", "debug").
 	ExtraArgs []string
+	// Insecure runs the servers with --insecure. By default they run
+	// secure, as in production: mutual TLS between nodes with a CA,
+	// node certificates and a gossip key in Dir/tls (outside every data
+	// directory, so a wipe keeps them).
+	Insecure bool
 	// Log receives the fault timeline: one line per operation, prefixed with
 	// the time since New ("12.345s kill n2"). Nil: discarded.
 	Log io.Writer

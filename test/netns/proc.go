@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/quorumq/quorumq/transport/pki"
 )
 
 const (
@@ -112,6 +115,16 @@ func (c *Cluster) start(i int, nodeID string) error {
 	}
 	defer logf.Close() // the child has its own copy
 	args := c.serverArgs(h)
+	if c.cfg.Insecure {
+		args = append(args, "--insecure")
+	} else {
+		tlsArgs, err := c.tlsArgs(h)
+		if err != nil {
+			return err
+		}
+		args = append(args, tlsArgs...)
+	}
+	args = append(args, c.cfg.ExtraArgs...)
 	fmt.Fprintf(logf, "=== %s netns: ip netns exec %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
 
 	cmd := exec.Command("ip", append([]string{"netns", "exec", h.ns}, args...)...)
@@ -138,7 +151,8 @@ func (c *Cluster) start(i int, nodeID string) error {
 	return nil
 }
 
-// serverArgs is host h's `quorumq server` command line.
+// serverArgs is host h's `quorumq server` command line, without the
+// security flags and Config.ExtraArgs.
 func (c *Cluster) serverArgs(h *host) []string {
 	var join []string
 	for _, o := range c.hosts {
@@ -157,7 +171,25 @@ func (c *Cluster) serverArgs(h *host) []string {
 		"--advertise-host", ip,
 		"--log-level", "info",
 	}
-	return append(args, c.cfg.ExtraArgs...)
+	return args
+}
+
+// TLSDir is where the cluster's TLS material lives (CA, node certificates,
+// gossip key), outside every data directory.
+func (c *Cluster) TLSDir() string { return filepath.Join(c.dir, "tls") }
+
+// tlsArgs are host h's TLS flags; its certificate is issued on first use
+// (a node started under a new id gets one for that id).
+func (c *Cluster) tlsArgs(h *host) ([]string, error) {
+	l, err := pki.OpenLocal(c.TLSDir())
+	if err != nil {
+		return nil, fmt.Errorf("netns: TLS material: %w", err)
+	}
+	f, err := l.Node(h.nodeID)
+	if err != nil {
+		return nil, fmt.Errorf("netns: TLS material of %s: %w", h.nodeID, err)
+	}
+	return []string{"--tls-ca", f.CA, "--tls-cert", f.Cert, "--tls-key", f.Key, "--gossip-key-file", l.GossipKeyFile}, nil
 }
 
 // serverEnv is the test process's environment without QUORUMQ_* variables,

@@ -18,13 +18,20 @@ import (
 	"github.com/quorumq/quorumq/client"
 	"github.com/quorumq/quorumq/cluster"
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
+	"github.com/quorumq/quorumq/transport/pki"
 )
 
 // startCluster starts an in-process cluster of size nodes on 127.0.0.1
 // and returns a client of it; everything stops when the test ends.
 func startCluster(t *testing.T, size int) (*client.Client, []*cluster.Node) {
 	t.Helper()
-	dir := t.TempDir()
+	return startClusterIn(t, size, t.TempDir())
+}
+
+// startClusterIn is startCluster with the nodes' data under dir, and
+// their TLS material in dir/tls (pki.Local: ca.pem, v<i>.pem, ...).
+func startClusterIn(t *testing.T, size int, dir string) (*client.Client, []*cluster.Node) {
+	t.Helper()
 	logger := slog.New(slog.DiscardHandler)
 	if os.Getenv("QUORUMQ_TEST_LOG") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -39,13 +46,22 @@ func startCluster(t *testing.T, size int) (*client.Client, []*cluster.Node) {
 			}
 		}
 	})
+	tlsDir, err := pki.OpenLocal(filepath.Join(dir, "tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := range size {
 		id := fmt.Sprintf("v%d", i+1)
 		cfg := cluster.Config{
 			NodeID: id, DataDir: filepath.Join(dir, id),
 			ClientAddr: "127.0.0.1:0", PeerAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", HTTPAddr: "-",
-			BootstrapExpect: size, Logger: logger,
+			BootstrapExpect: size, Logger: logger, GossipKeyFile: tlsDir.GossipKeyFile,
 		}
+		f, err := tlsDir.Node(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile = f.CA, f.Cert, f.Key
 		if i > 0 {
 			cfg.Join = []string{nodes[0].GossipAddr()}
 		}
