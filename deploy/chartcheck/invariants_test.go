@@ -52,6 +52,7 @@ func checkInvariants(t *testing.T, r *release, w want) {
 	checkPDB(t, r)
 	checkNetworkPolicy(t, r, c, pod, w)
 	checkServiceMonitor(t, r, headless, client, w)
+	checkTLS(t, r, sts, c, headless, w)
 }
 
 // splitServices returns the headless Service and the client Service.

@@ -19,6 +19,10 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"sigs.k8s.io/yaml"
 )
 
@@ -39,6 +43,8 @@ type release struct {
 	pdbs     []*policyv1.PodDisruptionBudget
 	netpols  []*networkingv1.NetworkPolicy
 	monitors []*monitoringv1.ServiceMonitor
+	secrets  []*corev1.Secret
+	certs    []*certificate  // cert-manager Certificates
 	objects  []metav1.Object // all of the above
 	notes    string
 }
@@ -57,7 +63,42 @@ func loadChart(t *testing.T) *chart.Chart {
 // named name in namespace with the given values (YAML, merged over
 // values.yaml) on Kubernetes kubeVersion, and decodes the result. Templates
 // run in strict mode: a reference to a value that does not exist fails.
+// There is no cluster: `lookup` finds nothing, as on a first install.
 func render(t *testing.T, name, values, kubeVersion string) (*release, error) {
+	t.Helper()
+	return renderIn(t, name, values, kubeVersion, nil)
+}
+
+// upgrade renders the chart as `helm upgrade` would for a release whose
+// namespace holds the Secrets existing: `lookup` finds them. Helm renders
+// an upgrade without strict mode.
+func upgrade(t *testing.T, name, values string, existing []*corev1.Secret) (*release, error) {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	objs := make([]runtime.Object, len(existing))
+	for i, s := range existing {
+		objs[i] = s.DeepCopy()
+	}
+	return renderIn(t, name, values, newKube, &fakeCluster{dynamicfake.NewSimpleDynamicClient(scheme, objs...)})
+}
+
+// fakeCluster answers the chart's lookups (engine.ClientProvider) from a
+// fake dynamic client. The chart looks up Secrets only.
+type fakeCluster struct {
+	client *dynamicfake.FakeDynamicClient
+}
+
+func (f *fakeCluster) GetClientFor(apiVersion, kind string) (dynamic.NamespaceableResourceInterface, bool, error) {
+	if apiVersion != "v1" || kind != "Secret" {
+		return nil, false, fmt.Errorf("lookup of %s %s: the fake cluster knows only v1 Secrets", apiVersion, kind)
+	}
+	return f.client.Resource(schema.GroupVersionResource{Version: "v1", Resource: "secrets"}), true, nil
+}
+
+func renderIn(t *testing.T, name, values, kubeVersion string, cluster engine.ClientProvider) (*release, error) {
 	t.Helper()
 	ch := loadChart(t)
 	vals, err := chartutil.ReadValues([]byte(values))
@@ -73,13 +114,20 @@ func render(t *testing.T, name, values, kubeVersion string) (*release, error) {
 	if !chartutil.IsCompatibleRange(ch.Metadata.KubeVersion, kv.String()) {
 		return nil, fmt.Errorf("chart requires kubeVersion %s, not %s", ch.Metadata.KubeVersion, kv)
 	}
-	top, err := chartutil.ToRenderValues(ch, vals, chartutil.ReleaseOptions{
-		Name: name, Namespace: namespace, Revision: 1, IsInstall: true,
-	}, caps)
+	opts := chartutil.ReleaseOptions{Name: name, Namespace: namespace, Revision: 1, IsInstall: true}
+	if cluster != nil {
+		opts = chartutil.ReleaseOptions{Name: name, Namespace: namespace, Revision: 2, IsUpgrade: true}
+	}
+	top, err := chartutil.ToRenderValues(ch, vals, opts, caps)
 	if err != nil {
 		return nil, err
 	}
-	files, err := engine.Engine{Strict: true}.Render(ch, top)
+	var files map[string]string
+	if cluster == nil {
+		files, err = engine.Engine{Strict: true}.Render(ch, top)
+	} else {
+		files, err = engine.RenderWithClientProvider(ch, top, cluster)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -136,6 +184,12 @@ func (r *release) decode(file string, doc []byte) error {
 	case "monitoring.coreos.com/v1 ServiceMonitor":
 		o := &monitoringv1.ServiceMonitor{}
 		r.monitors, obj = append(r.monitors, o), o
+	case "v1 Secret":
+		o := &corev1.Secret{}
+		r.secrets, obj = append(r.secrets, o), o
+	case "cert-manager.io/v1 Certificate":
+		o := &certificate{}
+		r.certs, obj = append(r.certs, o), o
 	default:
 		return fmt.Errorf("unexpected object %q (add it to decode and to the checks)", gvk)
 	}

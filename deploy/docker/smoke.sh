@@ -4,7 +4,9 @@
 #   1. build the image (make image) and the CLI;
 #   2. start the three-node cluster under a project name of its own;
 #   3. wait until every node sees 3 members and a controller leader, is
-#      ready, and its container is healthy;
+#      ready, and its container is healthy; check that every node runs with
+#      TLS and the gossip key (made by the compose file's one-shot certs
+#      services) and that running those again keeps the certificates;
 #   4. create a queue, send through one node and receive through another;
 #   5. send a second batch, kill the controller leader's container, then
 #      receive that batch and send and receive a third through the survivors;
@@ -121,6 +123,23 @@ for s in q1 q2 q3; do until_ok "$s healthy (the image's HEALTHCHECK)" healthy "$
 leader=$(qq --servers "${addr[q1]}" cluster status -o json | sed -n 's/.*"controllerLeader":"\([^"]*\)".*/\1/p')
 formed_at=$(date +%s)
 log "cluster formed in $((formed_at - built))s; controller leader $leader"
+
+# TLS between the nodes and the gossip key: every node got the flags (the
+# cluster formed, so the certificates work), and none runs --insecure.
+for s in q1 q2 q3; do
+  args=$(docker inspect -f '{{join .Args " "}}' "$(dc ps -q "$s")")
+  for f in --tls-ca --tls-cert --tls-key --gossip-key-file; do
+    grep -q -- "$f " <<<"$args" || fail "$s runs without $f: $args"
+  done
+  if grep -q -- --insecure <<<"$args"; then fail "$s runs with --insecure: $args"; fi
+done
+# The certs services keep what the volume holds (--keep-existing): another
+# run exits 0 and leaves the CA as it was.
+ca_pem() { docker cp "$(dc ps -q q1):/etc/quorumq/certs/ca.pem" - | tar -xOf -; }
+ca_before=$(ca_pem) || fail "cannot read ca.pem from q1"
+dc run --rm -T --no-deps certs-ca >/dev/null || fail "certs-ca, run again, failed (it should keep the existing CA)"
+[ "$(ca_pem)" = "$ca_before" ] || fail "certs-ca, run again, replaced the CA"
+log "nodes run with TLS and the gossip key; the certs services keep existing files"
 
 qq --servers "${addr[q1]}" queue create smoke --partitions 3 >/dev/null
 
