@@ -191,4 +191,3 @@ func waitAccepts(t *testing.T, addr string, cert tls.Certificate, accept bool) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
-
