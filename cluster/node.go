@@ -174,7 +174,7 @@ func Start(cfg Config) (n *Node, err error) {
 	maxMsg := grpc.MaxRecvMsgSize(fsm.MaxBatchBytes + 1<<20)
 	n.peerSrv = grpc.NewServer(maxMsg, grpc.Creds(n.mux.GRPCServerCredentials()), grpc.ChainUnaryInterceptor(n.authorizeCall))
 	peerv1.RegisterPeerServiceServer(n.peerSrv, &peerServer{n: n})
-	n.clientSrv = grpc.NewServer(maxMsg, grpc.ChainUnaryInterceptor(n.metrics.unaryInterceptor))
+	n.clientSrv = grpc.NewServer(append(n.clientLimitOptions(), n.clientSecurityOptions()...)...)
 	qv1.RegisterQueueServiceServer(n.clientSrv, &queueServer{n: n})
 	qv1.RegisterClusterServiceServer(n.clientSrv, &clusterServer{n: n})
 	n.health = health.NewServer()

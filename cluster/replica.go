@@ -188,9 +188,12 @@ type replicaSet struct {
 	n  *Node
 	mu sync.RWMutex
 	m  map[groupKey]*replica
-	// closed: stopAll ran; a replica started after it (by a reconcile
-	// that was under way) is stopped at once.
-	closed bool
+	// closed: stopAll ran; no start begins after it. starting counts the
+	// starts under way, which stopAll waits for: a replica's Raft runs
+	// (and may write the shared log, bootstrapping) before it is added,
+	// and the shared log closes after stopAll.
+	closed   bool
+	starting sync.WaitGroup
 }
 
 type groupKey struct {
@@ -295,6 +298,14 @@ func (s *replicaSet) reconcile() {
 }
 
 func (s *replicaSet) start(q *fsmv1.QueueInfo, pa *fsmv1.PartitionAssignment, self *fsmv1.Replica) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.starting.Add(1)
+	s.mu.Unlock()
+	defer s.starting.Done()
 	name := storage.PartitionGroup(q.GetName(), q.GetId(), pa.GetPartition())
 	epoch := self.GetEpoch()
 	id := replicaServerID(s.n.id, epoch)
@@ -406,6 +417,7 @@ func (s *replicaSet) stopAll() {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
+	s.starting.Wait() // each stops what it started (add sees closed)
 	var wg sync.WaitGroup
 	for _, r := range s.all() {
 		wg.Go(func() {
