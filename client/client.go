@@ -89,16 +89,29 @@ func New(ctx context.Context, seeds []string, opts ...Option) (*Client, error) {
 	if cfg.tls != nil {
 		creds = credentials.NewTLS(cfg.tls)
 	}
+	// Every connection, to a seed or to a node learnt later, is opened by
+	// conn with these options: TLS and the token apply to all of them.
+	dialOpts := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)),
+	}
+	if cfg.tokenSet {
+		if cfg.tls == nil {
+			return nil, wrapErr("New", invalidf("WithToken needs WithTLS: a token is never sent in plaintext"))
+		}
+		tc, err := newTokenCreds(cfg.token)
+		if err != nil {
+			return nil, wrapErr("New", err)
+		}
+		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(tc))
+	}
 	c := &Client{
-		cfg:    cfg,
-		log:    cfg.logger,
-		router: newRouter(clean),
-		conns:  map[string]*pooledConn{},
-		kick:   make(chan struct{}, 1),
-		dialOpts: append([]grpc.DialOption{
-			grpc.WithTransportCredentials(creds),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)),
-		}, cfg.dialOpts...),
+		cfg:      cfg,
+		log:      cfg.logger,
+		router:   newRouter(clean),
+		conns:    map[string]*pooledConn{},
+		kick:     make(chan struct{}, 1),
+		dialOpts: append(dialOpts, cfg.dialOpts...),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if err := c.refreshMembers(ctx, clean); err != nil {

@@ -17,6 +17,18 @@
 // a bounded, jittered exponential backoff (WithRetry), within the caller's
 // context; so are requests that timed out, when repeating them is harmless.
 //
+// A secure cluster speaks TLS on its client port and wants to know who
+// calls: give the cluster's CA and either a client certificate or a bearer
+// token (which is only ever sent over TLS):
+//
+//	tlsCfg, err := pki.ClientTLSConfig("ca.pem", "worker.pem", "worker-key.pem")
+//	c, err := client.New(ctx, seeds, client.WithTLS(tlsCfg))
+//
+//	tlsCfg, err := pki.ClientTLSConfig("ca.pem", "", "")
+//	c, err := client.New(ctx, seeds, client.WithTLS(tlsCfg), client.WithToken(token))
+//
+// (pki is github.com/quorumq/quorumq/transport/pki.)
+//
 // # Producing
 //
 // Enqueue stores a batch and returns once it is on disk on a majority of

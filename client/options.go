@@ -15,6 +15,8 @@ type Option func(*config)
 
 type config struct {
 	tls      *tls.Config
+	token    string
+	tokenSet bool
 	dialOpts []grpc.DialOption
 	logger   *slog.Logger
 	retry    retryPolicy
@@ -27,8 +29,21 @@ func defaultConfig() config {
 	}
 }
 
-// WithTLS makes the client speak TLS with cfg. The default is plaintext.
+// WithTLS makes the client speak TLS with cfg on every connection it
+// opens, to the seeds and to the nodes it learns of. The default is
+// plaintext. pki.ClientTLSConfig builds the configuration a quorumq cluster
+// expects (its CA; a client certificate, if the client authenticates with
+// one).
 func WithTLS(cfg *tls.Config) Option { return func(c *config) { c.tls = cfg } }
+
+// WithToken authenticates every call with a bearer token (gRPC metadata
+// "authorization: Bearer <token>"), for clients that do not present a
+// client certificate. A token is only ever sent over TLS: New fails with
+// ErrInvalid unless WithTLS is given too, and the credentials refuse a
+// connection without transport security.
+func WithToken(token string) Option {
+	return func(c *config) { c.token, c.tokenSet = token, true }
+}
 
 // WithDialOptions adds gRPC dial options to every connection the client
 // opens (interceptors, keepalive, message size limits...). They are applied
