@@ -69,6 +69,8 @@ type CatalogResult struct {
 	Queue *fsmv1.QueueInfo
 	// Epoch is the assignment's new epoch, for a SetAssignment that applied.
 	Epoch uint64
+	// KeyID is the new receipt key's id, for a RotateReceiptKey.
+	KeyID uint32
 }
 
 func catalogResult(code CatalogCode, format string, args ...any) *CatalogResult {
@@ -98,6 +100,12 @@ type Catalog struct {
 	nodes map[string]*fsmv1.NodeInfo
 	// queues own their QueueInfo; Partitions[i].Partition == i always.
 	queues map[string]*fsmv1.QueueInfo
+
+	// Access control (catalog_access.go): grants sorted by grantLess,
+	// tokens by id, receipt keys oldest first.
+	grants      []*fsmv1.Grant
+	tokens      map[string]*fsmv1.TokenInfo
+	receiptKeys []*fsmv1.ReceiptKey
 }
 
 // NewCatalog returns an empty catalogue.
@@ -107,6 +115,7 @@ func NewCatalog() *Catalog {
 		nextReplicaEpoch: 1,
 		nodes:            make(map[string]*fsmv1.NodeInfo),
 		queues:           make(map[string]*fsmv1.QueueInfo),
+		tokens:           make(map[string]*fsmv1.TokenInfo),
 	}
 }
 
@@ -154,6 +163,16 @@ func (c *Catalog) Apply(cmd *fsmv1.CatalogCommand) *CatalogResult {
 		res = c.updateSettings(op.UpdateQueueSettings)
 	case *fsmv1.CatalogCommand_SetAssignment:
 		res = c.setAssignment(op.SetAssignment)
+	case *fsmv1.CatalogCommand_PutGrant:
+		res = c.putGrant(op.PutGrant.GetGrant())
+	case *fsmv1.CatalogCommand_RevokeGrant:
+		res = c.revokeGrant(op.RevokeGrant.GetGrant())
+	case *fsmv1.CatalogCommand_PutToken:
+		res = c.putToken(op.PutToken.GetToken(), now)
+	case *fsmv1.CatalogCommand_DeleteToken:
+		res = c.deleteToken(op.DeleteToken.GetId())
+	case *fsmv1.CatalogCommand_RotateReceiptKey:
+		res = c.rotateReceiptKey(op.RotateReceiptKey.GetKey(), now)
 	default:
 		// ValidateCatalogCommand refuses every other operation.
 		panic(fmt.Sprintf("fsm: validated catalogue command with operation %T", op))

@@ -61,6 +61,7 @@ func (c *Catalog) Snapshot() *CatalogSnapshot {
 	for _, name := range slices.Sorted(maps.Keys(c.queues)) {
 		s.Queues = append(s.Queues, proto.CloneOf(c.queues[name]))
 	}
+	s.Grants, s.Tokens, s.ReceiptKeys = c.Grants(), c.Tokens(), c.ReceiptKeys()
 	return &CatalogSnapshot{msg: s}
 }
 
@@ -237,6 +238,9 @@ func catalogFromSnapshot(s *fsmv1.CatalogSnapshot) (*Catalog, error) {
 			}
 		}
 		c.queues[q.GetName()] = q
+	}
+	if err := c.restoreAccess(s); err != nil {
+		return nil, err
 	}
 	return c, nil
 }

@@ -433,7 +433,7 @@ func TestCatalogReplicaEpochsNeverReused(t *testing.T) {
 
 func TestCatalogRefusedCommands(t *testing.T) {
 	c := testCatalog(t)
-	unknownOp := protowire.AppendTag(encodeCat(t, catCmd(50)), 20, protowire.BytesType)
+	unknownOp := protowire.AppendTag(encodeCat(t, catCmd(50)), 99, protowire.BytesType)
 	unknownOp = protowire.AppendBytes(unknownOp, nil)
 	for _, tc := range []struct {
 		name string

@@ -19,6 +19,9 @@ func ValidateCatalogCommand(cmd *fsmv1.CatalogCommand) error {
 	if cmd.GetVersion() != CatalogVersion {
 		return fmt.Errorf("%w: catalogue command version %d, want %d", ErrUnsupportedVersion, cmd.GetVersion(), CatalogVersion)
 	}
+	if handled, err := validateAccessCommand(cmd); handled {
+		return err
+	}
 	switch op := cmd.GetOp().(type) {
 	case *fsmv1.CatalogCommand_UpsertNode:
 		return validateNodeInfo(op.UpsertNode.GetNode())

@@ -84,6 +84,66 @@ func (ReceiptStatus) EnumDescriptor() ([]byte, []int) {
 	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{0}
 }
 
+type Permission int32
+
+const (
+	Permission_PERMISSION_UNSPECIFIED Permission = 0
+	// PRODUCE: Enqueue.
+	Permission_PERMISSION_PRODUCE Permission = 1
+	// CONSUME: Receive, Ack, Requeue, ExtendLease, Reject.
+	Permission_PERMISSION_CONSUME Permission = 2
+	// MANAGE: CreateQueue, DeleteQueue, Purge, ListDeadLetters, Redrive.
+	Permission_PERMISSION_MANAGE Permission = 3
+	// ADMIN: DrainNode, RemoveNode, Rebalance, TransferLeadership,
+	// GossipKeyring, AccessService; and every other permission on every queue.
+	Permission_PERMISSION_ADMIN Permission = 4
+)
+
+// Enum value maps for Permission.
+var (
+	Permission_name = map[int32]string{
+		0: "PERMISSION_UNSPECIFIED",
+		1: "PERMISSION_PRODUCE",
+		2: "PERMISSION_CONSUME",
+		3: "PERMISSION_MANAGE",
+		4: "PERMISSION_ADMIN",
+	}
+	Permission_value = map[string]int32{
+		"PERMISSION_UNSPECIFIED": 0,
+		"PERMISSION_PRODUCE":     1,
+		"PERMISSION_CONSUME":     2,
+		"PERMISSION_MANAGE":      3,
+		"PERMISSION_ADMIN":       4,
+	}
+)
+
+func (x Permission) Enum() *Permission {
+	p := new(Permission)
+	*p = x
+	return p
+}
+
+func (x Permission) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Permission) Descriptor() protoreflect.EnumDescriptor {
+	return file_quorumq_v1_quorumq_proto_enumTypes[1].Descriptor()
+}
+
+func (Permission) Type() protoreflect.EnumType {
+	return &file_quorumq_v1_quorumq_proto_enumTypes[1]
+}
+
+func (x Permission) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Permission.Descriptor instead.
+func (Permission) EnumDescriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{1}
+}
+
 // LeaderHint rides in the details of an UNAVAILABLE status: where the
 // partition's (or controller's) leader was last seen.
 type LeaderHint struct {
@@ -3417,6 +3477,854 @@ func (x *GossipKeyringResponse) GetNodes() []*GossipKeyringNode {
 	return nil
 }
 
+// AccessGrant gives identity a permission on the queue named queue, or on
+// every queue whose name starts with queue when prefix is set (queue "" with
+// prefix: every queue). An ADMIN grant names no queue.
+type AccessGrant struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Identity      string                 `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	Permission    Permission             `protobuf:"varint,2,opt,name=permission,proto3,enum=quorumq.v1.Permission" json:"permission,omitempty"`
+	Queue         string                 `protobuf:"bytes,3,opt,name=queue,proto3" json:"queue,omitempty"`
+	Prefix        bool                   `protobuf:"varint,4,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccessGrant) Reset() {
+	*x = AccessGrant{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessGrant) ProtoMessage() {}
+
+func (x *AccessGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessGrant.ProtoReflect.Descriptor instead.
+func (*AccessGrant) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *AccessGrant) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *AccessGrant) GetPermission() Permission {
+	if x != nil {
+		return x.Permission
+	}
+	return Permission_PERMISSION_UNSPECIFIED
+}
+
+func (x *AccessGrant) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *AccessGrant) GetPrefix() bool {
+	if x != nil {
+		return x.Prefix
+	}
+	return false
+}
+
+type WhoAmIRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhoAmIRequest) Reset() {
+	*x = WhoAmIRequest{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhoAmIRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhoAmIRequest) ProtoMessage() {}
+
+func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
+func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{56}
+}
+
+type WhoAmIResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Identity string                 `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	// method: "certificate", "token" or "insecure" (no authentication).
+	Method        string         `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	Admin         bool           `protobuf:"varint,3,opt,name=admin,proto3" json:"admin,omitempty"`
+	Grants        []*AccessGrant `protobuf:"bytes,4,rep,name=grants,proto3" json:"grants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhoAmIResponse) Reset() {
+	*x = WhoAmIResponse{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhoAmIResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhoAmIResponse) ProtoMessage() {}
+
+func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
+func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *WhoAmIResponse) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *WhoAmIResponse) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *WhoAmIResponse) GetAdmin() bool {
+	if x != nil {
+		return x.Admin
+	}
+	return false
+}
+
+func (x *WhoAmIResponse) GetGrants() []*AccessGrant {
+	if x != nil {
+		return x.Grants
+	}
+	return nil
+}
+
+type GrantRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Grant         *AccessGrant           `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GrantRequest) Reset() {
+	*x = GrantRequest{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GrantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GrantRequest) ProtoMessage() {}
+
+func (x *GrantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GrantRequest.ProtoReflect.Descriptor instead.
+func (*GrantRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *GrantRequest) GetGrant() *AccessGrant {
+	if x != nil {
+		return x.Grant
+	}
+	return nil
+}
+
+type GrantResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GrantResponse) Reset() {
+	*x = GrantResponse{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GrantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GrantResponse) ProtoMessage() {}
+
+func (x *GrantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GrantResponse.ProtoReflect.Descriptor instead.
+func (*GrantResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{59}
+}
+
+type RevokeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Grant         *AccessGrant           `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeRequest) Reset() {
+	*x = RevokeRequest{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeRequest) ProtoMessage() {}
+
+func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
+func (*RevokeRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *RevokeRequest) GetGrant() *AccessGrant {
+	if x != nil {
+		return x.Grant
+	}
+	return nil
+}
+
+type RevokeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeResponse) Reset() {
+	*x = RevokeResponse{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeResponse) ProtoMessage() {}
+
+func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
+func (*RevokeResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{61}
+}
+
+type ListGrantsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// identity: only this identity's grants ("" = all).
+	Identity      string `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGrantsRequest) Reset() {
+	*x = ListGrantsRequest{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGrantsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGrantsRequest) ProtoMessage() {}
+
+func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
+func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *ListGrantsRequest) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+type ListGrantsResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Grants []*AccessGrant         `protobuf:"bytes,1,rep,name=grants,proto3" json:"grants,omitempty"`
+	// admin_identities: identities that are admin by the servers' flag
+	// (--admin-identities), whatever the grants say.
+	AdminIdentities []string `protobuf:"bytes,2,rep,name=admin_identities,json=adminIdentities,proto3" json:"admin_identities,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ListGrantsResponse) Reset() {
+	*x = ListGrantsResponse{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGrantsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGrantsResponse) ProtoMessage() {}
+
+func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
+func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *ListGrantsResponse) GetGrants() []*AccessGrant {
+	if x != nil {
+		return x.Grants
+	}
+	return nil
+}
+
+func (x *ListGrantsResponse) GetAdminIdentities() []string {
+	if x != nil {
+		return x.AdminIdentities
+	}
+	return nil
+}
+
+type CreateTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Identity      string                 `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	Description   string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenRequest) Reset() {
+	*x = CreateTokenRequest{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenRequest) ProtoMessage() {}
+
+func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *CreateTokenRequest) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type CreateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token: "qq_<id>_<secret>"; shown once.
+	Token         string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenResponse) Reset() {
+	*x = CreateTokenResponse{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenResponse) ProtoMessage() {}
+
+func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *CreateTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateTokenResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type TokenSummary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Identity      string                 `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	Description   string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenSummary) Reset() {
+	*x = TokenSummary{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenSummary) ProtoMessage() {}
+
+func (x *TokenSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenSummary.ProtoReflect.Descriptor instead.
+func (*TokenSummary) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *TokenSummary) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *TokenSummary) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *TokenSummary) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *TokenSummary) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+type ListTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensRequest) Reset() {
+	*x = ListTokensRequest{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensRequest) ProtoMessage() {}
+
+func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListTokensRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{67}
+}
+
+type ListTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*TokenSummary        `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensResponse) Reset() {
+	*x = ListTokensResponse{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensResponse) ProtoMessage() {}
+
+func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListTokensResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *ListTokensResponse) GetTokens() []*TokenSummary {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type DeleteTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTokenRequest) Reset() {
+	*x = DeleteTokenRequest{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTokenRequest) ProtoMessage() {}
+
+func (x *DeleteTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTokenRequest.ProtoReflect.Descriptor instead.
+func (*DeleteTokenRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *DeleteTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTokenResponse) Reset() {
+	*x = DeleteTokenResponse{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTokenResponse) ProtoMessage() {}
+
+func (x *DeleteTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTokenResponse.ProtoReflect.Descriptor instead.
+func (*DeleteTokenResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{70}
+}
+
+type RotateReceiptKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateReceiptKeyRequest) Reset() {
+	*x = RotateReceiptKeyRequest{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateReceiptKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateReceiptKeyRequest) ProtoMessage() {}
+
+func (x *RotateReceiptKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateReceiptKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateReceiptKeyRequest) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{71}
+}
+
+type RotateReceiptKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyId         uint32                 `protobuf:"varint,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateReceiptKeyResponse) Reset() {
+	*x = RotateReceiptKeyResponse{}
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateReceiptKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateReceiptKeyResponse) ProtoMessage() {}
+
+func (x *RotateReceiptKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_v1_quorumq_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateReceiptKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateReceiptKeyResponse) Descriptor() ([]byte, []int) {
+	return file_quorumq_v1_quorumq_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *RotateReceiptKeyResponse) GetKeyId() uint32 {
+	if x != nil {
+		return x.KeyId
+	}
+	return 0
+}
+
 var File_quorumq_v1_quorumq_proto protoreflect.FileDescriptor
 
 const file_quorumq_v1_quorumq_proto_rawDesc = "" +
@@ -3682,13 +4590,65 @@ const file_quorumq_v1_quorumq_proto_rawDesc = "" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x12\n" +
 	"\x04keys\x18\x03 \x03(\tR\x04keys\"L\n" +
 	"\x15GossipKeyringResponse\x123\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x1d.quorumq.v1.GossipKeyringNodeR\x05nodes*\x9c\x01\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x1d.quorumq.v1.GossipKeyringNodeR\x05nodes\"\x8f\x01\n" +
+	"\vAccessGrant\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\tR\bidentity\x126\n" +
+	"\n" +
+	"permission\x18\x02 \x01(\x0e2\x16.quorumq.v1.PermissionR\n" +
+	"permission\x12\x14\n" +
+	"\x05queue\x18\x03 \x01(\tR\x05queue\x12\x16\n" +
+	"\x06prefix\x18\x04 \x01(\bR\x06prefix\"\x0f\n" +
+	"\rWhoAmIRequest\"\x8b\x01\n" +
+	"\x0eWhoAmIResponse\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x14\n" +
+	"\x05admin\x18\x03 \x01(\bR\x05admin\x12/\n" +
+	"\x06grants\x18\x04 \x03(\v2\x17.quorumq.v1.AccessGrantR\x06grants\"=\n" +
+	"\fGrantRequest\x12-\n" +
+	"\x05grant\x18\x01 \x01(\v2\x17.quorumq.v1.AccessGrantR\x05grant\"\x0f\n" +
+	"\rGrantResponse\">\n" +
+	"\rRevokeRequest\x12-\n" +
+	"\x05grant\x18\x01 \x01(\v2\x17.quorumq.v1.AccessGrantR\x05grant\"\x10\n" +
+	"\x0eRevokeResponse\"/\n" +
+	"\x11ListGrantsRequest\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\tR\bidentity\"p\n" +
+	"\x12ListGrantsResponse\x12/\n" +
+	"\x06grants\x18\x01 \x03(\v2\x17.quorumq.v1.AccessGrantR\x06grants\x12)\n" +
+	"\x10admin_identities\x18\x02 \x03(\tR\x0fadminIdentities\"R\n" +
+	"\x12CreateTokenRequest\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\tR\bidentity\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\";\n" +
+	"\x13CreateTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"\x97\x01\n" +
+	"\fTokenSummary\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
+	"\bidentity\x18\x02 \x01(\tR\bidentity\x12 \n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\x129\n" +
+	"\n" +
+	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x13\n" +
+	"\x11ListTokensRequest\"F\n" +
+	"\x12ListTokensResponse\x120\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x18.quorumq.v1.TokenSummaryR\x06tokens\"$\n" +
+	"\x12DeleteTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
+	"\x13DeleteTokenResponse\"\x19\n" +
+	"\x17RotateReceiptKeyRequest\"1\n" +
+	"\x18RotateReceiptKeyResponse\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\rR\x05keyId*\x9c\x01\n" +
 	"\rReceiptStatus\x12\x1e\n" +
 	"\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11RECEIPT_STATUS_OK\x10\x01\x12\x18\n" +
 	"\x14RECEIPT_STATUS_STALE\x10\x02\x12\x1a\n" +
 	"\x16RECEIPT_STATUS_UNKNOWN\x10\x03\x12\x1e\n" +
-	"\x1aRECEIPT_STATUS_UNAVAILABLE\x10\x042\xb5\a\n" +
+	"\x1aRECEIPT_STATUS_UNAVAILABLE\x10\x04*\x85\x01\n" +
+	"\n" +
+	"Permission\x12\x1a\n" +
+	"\x16PERMISSION_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12PERMISSION_PRODUCE\x10\x01\x12\x16\n" +
+	"\x12PERMISSION_CONSUME\x10\x02\x12\x15\n" +
+	"\x11PERMISSION_MANAGE\x10\x03\x12\x14\n" +
+	"\x10PERMISSION_ADMIN\x10\x042\xb5\a\n" +
 	"\fQueueService\x12N\n" +
 	"\vCreateQueue\x12\x1e.quorumq.v1.CreateQueueRequest\x1a\x1f.quorumq.v1.CreateQueueResponse\x12N\n" +
 	"\vDeleteQueue\x12\x1e.quorumq.v1.DeleteQueueRequest\x1a\x1f.quorumq.v1.DeleteQueueResponse\x12E\n" +
@@ -3714,7 +4674,18 @@ const file_quorumq_v1_quorumq_proto_rawDesc = "" +
 	"\n" +
 	"RemoveNode\x12\x1d.quorumq.v1.RemoveNodeRequest\x1a\x1e.quorumq.v1.RemoveNodeResponse\x12H\n" +
 	"\tRebalance\x12\x1c.quorumq.v1.RebalanceRequest\x1a\x1d.quorumq.v1.RebalanceResponse\x12T\n" +
-	"\rGossipKeyring\x12 .quorumq.v1.GossipKeyringRequest\x1a!.quorumq.v1.GossipKeyringResponseB7Z5github.com/quorumq/quorumq/proto/quorumq/v1;quorumqv1b\x06proto3"
+	"\rGossipKeyring\x12 .quorumq.v1.GossipKeyringRequest\x1a!.quorumq.v1.GossipKeyringResponse2\xe8\x04\n" +
+	"\rAccessService\x12?\n" +
+	"\x06WhoAmI\x12\x19.quorumq.v1.WhoAmIRequest\x1a\x1a.quorumq.v1.WhoAmIResponse\x12<\n" +
+	"\x05Grant\x12\x18.quorumq.v1.GrantRequest\x1a\x19.quorumq.v1.GrantResponse\x12?\n" +
+	"\x06Revoke\x12\x19.quorumq.v1.RevokeRequest\x1a\x1a.quorumq.v1.RevokeResponse\x12K\n" +
+	"\n" +
+	"ListGrants\x12\x1d.quorumq.v1.ListGrantsRequest\x1a\x1e.quorumq.v1.ListGrantsResponse\x12N\n" +
+	"\vCreateToken\x12\x1e.quorumq.v1.CreateTokenRequest\x1a\x1f.quorumq.v1.CreateTokenResponse\x12K\n" +
+	"\n" +
+	"ListTokens\x12\x1d.quorumq.v1.ListTokensRequest\x1a\x1e.quorumq.v1.ListTokensResponse\x12N\n" +
+	"\vDeleteToken\x12\x1e.quorumq.v1.DeleteTokenRequest\x1a\x1f.quorumq.v1.DeleteTokenResponse\x12]\n" +
+	"\x10RotateReceiptKey\x12#.quorumq.v1.RotateReceiptKeyRequest\x1a$.quorumq.v1.RotateReceiptKeyResponseB7Z5github.com/quorumq/quorumq/proto/quorumq/v1;quorumqv1b\x06proto3"
 
 var (
 	file_quorumq_v1_quorumq_proto_rawDescOnce sync.Once
@@ -3728,156 +4699,198 @@ func file_quorumq_v1_quorumq_proto_rawDescGZIP() []byte {
 	return file_quorumq_v1_quorumq_proto_rawDescData
 }
 
-var file_quorumq_v1_quorumq_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_quorumq_v1_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_quorumq_v1_quorumq_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_quorumq_v1_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
 var file_quorumq_v1_quorumq_proto_goTypes = []any{
 	(ReceiptStatus)(0),                 // 0: quorumq.v1.ReceiptStatus
-	(*LeaderHint)(nil),                 // 1: quorumq.v1.LeaderHint
-	(*QueueSettings)(nil),              // 2: quorumq.v1.QueueSettings
-	(*QueueStats)(nil),                 // 3: quorumq.v1.QueueStats
-	(*Queue)(nil),                      // 4: quorumq.v1.Queue
-	(*CreateQueueRequest)(nil),         // 5: quorumq.v1.CreateQueueRequest
-	(*CreateQueueResponse)(nil),        // 6: quorumq.v1.CreateQueueResponse
-	(*DeleteQueueRequest)(nil),         // 7: quorumq.v1.DeleteQueueRequest
-	(*DeleteQueueResponse)(nil),        // 8: quorumq.v1.DeleteQueueResponse
-	(*GetQueueRequest)(nil),            // 9: quorumq.v1.GetQueueRequest
-	(*GetQueueResponse)(nil),           // 10: quorumq.v1.GetQueueResponse
-	(*ListQueuesRequest)(nil),          // 11: quorumq.v1.ListQueuesRequest
-	(*ListQueuesResponse)(nil),         // 12: quorumq.v1.ListQueuesResponse
-	(*Message)(nil),                    // 13: quorumq.v1.Message
-	(*EnqueueRequest)(nil),             // 14: quorumq.v1.EnqueueRequest
-	(*EnqueueResult)(nil),              // 15: quorumq.v1.EnqueueResult
-	(*EnqueueResponse)(nil),            // 16: quorumq.v1.EnqueueResponse
-	(*ReceiveRequest)(nil),             // 17: quorumq.v1.ReceiveRequest
-	(*ReceivedMessage)(nil),            // 18: quorumq.v1.ReceivedMessage
-	(*ReceiveResponse)(nil),            // 19: quorumq.v1.ReceiveResponse
-	(*ReceiptResult)(nil),              // 20: quorumq.v1.ReceiptResult
-	(*AckRequest)(nil),                 // 21: quorumq.v1.AckRequest
-	(*AckResponse)(nil),                // 22: quorumq.v1.AckResponse
-	(*RequeueRequest)(nil),             // 23: quorumq.v1.RequeueRequest
-	(*RequeueResponse)(nil),            // 24: quorumq.v1.RequeueResponse
-	(*ExtendLeaseRequest)(nil),         // 25: quorumq.v1.ExtendLeaseRequest
-	(*ExtendLeaseResponse)(nil),        // 26: quorumq.v1.ExtendLeaseResponse
-	(*RejectRequest)(nil),              // 27: quorumq.v1.RejectRequest
-	(*RejectResponse)(nil),             // 28: quorumq.v1.RejectResponse
-	(*DeadLetter)(nil),                 // 29: quorumq.v1.DeadLetter
-	(*ListDeadLettersRequest)(nil),     // 30: quorumq.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),    // 31: quorumq.v1.ListDeadLettersResponse
-	(*RedriveRequest)(nil),             // 32: quorumq.v1.RedriveRequest
-	(*RedriveResponse)(nil),            // 33: quorumq.v1.RedriveResponse
-	(*PurgeRequest)(nil),               // 34: quorumq.v1.PurgeRequest
-	(*PurgeResponse)(nil),              // 35: quorumq.v1.PurgeResponse
-	(*StatusRequest)(nil),              // 36: quorumq.v1.StatusRequest
-	(*StatusResponse)(nil),             // 37: quorumq.v1.StatusResponse
-	(*Member)(nil),                     // 38: quorumq.v1.Member
-	(*MembersRequest)(nil),             // 39: quorumq.v1.MembersRequest
-	(*MembersResponse)(nil),            // 40: quorumq.v1.MembersResponse
-	(*ReplicaInfo)(nil),                // 41: quorumq.v1.ReplicaInfo
-	(*PartitionInfo)(nil),              // 42: quorumq.v1.PartitionInfo
-	(*PartitionsRequest)(nil),          // 43: quorumq.v1.PartitionsRequest
-	(*PartitionsResponse)(nil),         // 44: quorumq.v1.PartitionsResponse
-	(*TransferLeadershipRequest)(nil),  // 45: quorumq.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 46: quorumq.v1.TransferLeadershipResponse
-	(*DrainNodeRequest)(nil),           // 47: quorumq.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),          // 48: quorumq.v1.DrainNodeResponse
-	(*RemoveNodeRequest)(nil),          // 49: quorumq.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),         // 50: quorumq.v1.RemoveNodeResponse
-	(*RebalanceRequest)(nil),           // 51: quorumq.v1.RebalanceRequest
-	(*RebalanceResponse)(nil),          // 52: quorumq.v1.RebalanceResponse
-	(*GossipKeyringRequest)(nil),       // 53: quorumq.v1.GossipKeyringRequest
-	(*GossipKeyringNode)(nil),          // 54: quorumq.v1.GossipKeyringNode
-	(*GossipKeyringResponse)(nil),      // 55: quorumq.v1.GossipKeyringResponse
-	nil,                                // 56: quorumq.v1.Message.HeadersEntry
-	nil,                                // 57: quorumq.v1.ReceivedMessage.HeadersEntry
-	nil,                                // 58: quorumq.v1.DeadLetter.HeadersEntry
-	(*durationpb.Duration)(nil),        // 59: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 60: google.protobuf.Timestamp
+	(Permission)(0),                    // 1: quorumq.v1.Permission
+	(*LeaderHint)(nil),                 // 2: quorumq.v1.LeaderHint
+	(*QueueSettings)(nil),              // 3: quorumq.v1.QueueSettings
+	(*QueueStats)(nil),                 // 4: quorumq.v1.QueueStats
+	(*Queue)(nil),                      // 5: quorumq.v1.Queue
+	(*CreateQueueRequest)(nil),         // 6: quorumq.v1.CreateQueueRequest
+	(*CreateQueueResponse)(nil),        // 7: quorumq.v1.CreateQueueResponse
+	(*DeleteQueueRequest)(nil),         // 8: quorumq.v1.DeleteQueueRequest
+	(*DeleteQueueResponse)(nil),        // 9: quorumq.v1.DeleteQueueResponse
+	(*GetQueueRequest)(nil),            // 10: quorumq.v1.GetQueueRequest
+	(*GetQueueResponse)(nil),           // 11: quorumq.v1.GetQueueResponse
+	(*ListQueuesRequest)(nil),          // 12: quorumq.v1.ListQueuesRequest
+	(*ListQueuesResponse)(nil),         // 13: quorumq.v1.ListQueuesResponse
+	(*Message)(nil),                    // 14: quorumq.v1.Message
+	(*EnqueueRequest)(nil),             // 15: quorumq.v1.EnqueueRequest
+	(*EnqueueResult)(nil),              // 16: quorumq.v1.EnqueueResult
+	(*EnqueueResponse)(nil),            // 17: quorumq.v1.EnqueueResponse
+	(*ReceiveRequest)(nil),             // 18: quorumq.v1.ReceiveRequest
+	(*ReceivedMessage)(nil),            // 19: quorumq.v1.ReceivedMessage
+	(*ReceiveResponse)(nil),            // 20: quorumq.v1.ReceiveResponse
+	(*ReceiptResult)(nil),              // 21: quorumq.v1.ReceiptResult
+	(*AckRequest)(nil),                 // 22: quorumq.v1.AckRequest
+	(*AckResponse)(nil),                // 23: quorumq.v1.AckResponse
+	(*RequeueRequest)(nil),             // 24: quorumq.v1.RequeueRequest
+	(*RequeueResponse)(nil),            // 25: quorumq.v1.RequeueResponse
+	(*ExtendLeaseRequest)(nil),         // 26: quorumq.v1.ExtendLeaseRequest
+	(*ExtendLeaseResponse)(nil),        // 27: quorumq.v1.ExtendLeaseResponse
+	(*RejectRequest)(nil),              // 28: quorumq.v1.RejectRequest
+	(*RejectResponse)(nil),             // 29: quorumq.v1.RejectResponse
+	(*DeadLetter)(nil),                 // 30: quorumq.v1.DeadLetter
+	(*ListDeadLettersRequest)(nil),     // 31: quorumq.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),    // 32: quorumq.v1.ListDeadLettersResponse
+	(*RedriveRequest)(nil),             // 33: quorumq.v1.RedriveRequest
+	(*RedriveResponse)(nil),            // 34: quorumq.v1.RedriveResponse
+	(*PurgeRequest)(nil),               // 35: quorumq.v1.PurgeRequest
+	(*PurgeResponse)(nil),              // 36: quorumq.v1.PurgeResponse
+	(*StatusRequest)(nil),              // 37: quorumq.v1.StatusRequest
+	(*StatusResponse)(nil),             // 38: quorumq.v1.StatusResponse
+	(*Member)(nil),                     // 39: quorumq.v1.Member
+	(*MembersRequest)(nil),             // 40: quorumq.v1.MembersRequest
+	(*MembersResponse)(nil),            // 41: quorumq.v1.MembersResponse
+	(*ReplicaInfo)(nil),                // 42: quorumq.v1.ReplicaInfo
+	(*PartitionInfo)(nil),              // 43: quorumq.v1.PartitionInfo
+	(*PartitionsRequest)(nil),          // 44: quorumq.v1.PartitionsRequest
+	(*PartitionsResponse)(nil),         // 45: quorumq.v1.PartitionsResponse
+	(*TransferLeadershipRequest)(nil),  // 46: quorumq.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 47: quorumq.v1.TransferLeadershipResponse
+	(*DrainNodeRequest)(nil),           // 48: quorumq.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),          // 49: quorumq.v1.DrainNodeResponse
+	(*RemoveNodeRequest)(nil),          // 50: quorumq.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),         // 51: quorumq.v1.RemoveNodeResponse
+	(*RebalanceRequest)(nil),           // 52: quorumq.v1.RebalanceRequest
+	(*RebalanceResponse)(nil),          // 53: quorumq.v1.RebalanceResponse
+	(*GossipKeyringRequest)(nil),       // 54: quorumq.v1.GossipKeyringRequest
+	(*GossipKeyringNode)(nil),          // 55: quorumq.v1.GossipKeyringNode
+	(*GossipKeyringResponse)(nil),      // 56: quorumq.v1.GossipKeyringResponse
+	(*AccessGrant)(nil),                // 57: quorumq.v1.AccessGrant
+	(*WhoAmIRequest)(nil),              // 58: quorumq.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),             // 59: quorumq.v1.WhoAmIResponse
+	(*GrantRequest)(nil),               // 60: quorumq.v1.GrantRequest
+	(*GrantResponse)(nil),              // 61: quorumq.v1.GrantResponse
+	(*RevokeRequest)(nil),              // 62: quorumq.v1.RevokeRequest
+	(*RevokeResponse)(nil),             // 63: quorumq.v1.RevokeResponse
+	(*ListGrantsRequest)(nil),          // 64: quorumq.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),         // 65: quorumq.v1.ListGrantsResponse
+	(*CreateTokenRequest)(nil),         // 66: quorumq.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),        // 67: quorumq.v1.CreateTokenResponse
+	(*TokenSummary)(nil),               // 68: quorumq.v1.TokenSummary
+	(*ListTokensRequest)(nil),          // 69: quorumq.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),         // 70: quorumq.v1.ListTokensResponse
+	(*DeleteTokenRequest)(nil),         // 71: quorumq.v1.DeleteTokenRequest
+	(*DeleteTokenResponse)(nil),        // 72: quorumq.v1.DeleteTokenResponse
+	(*RotateReceiptKeyRequest)(nil),    // 73: quorumq.v1.RotateReceiptKeyRequest
+	(*RotateReceiptKeyResponse)(nil),   // 74: quorumq.v1.RotateReceiptKeyResponse
+	nil,                                // 75: quorumq.v1.Message.HeadersEntry
+	nil,                                // 76: quorumq.v1.ReceivedMessage.HeadersEntry
+	nil,                                // 77: quorumq.v1.DeadLetter.HeadersEntry
+	(*durationpb.Duration)(nil),        // 78: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 79: google.protobuf.Timestamp
 }
 var file_quorumq_v1_quorumq_proto_depIdxs = []int32{
-	59, // 0: quorumq.v1.QueueSettings.visibility_timeout:type_name -> google.protobuf.Duration
-	59, // 1: quorumq.v1.QueueSettings.dedup_window:type_name -> google.protobuf.Duration
-	59, // 2: quorumq.v1.QueueSettings.retention:type_name -> google.protobuf.Duration
-	59, // 3: quorumq.v1.QueueStats.oldest_ready_age:type_name -> google.protobuf.Duration
-	2,  // 4: quorumq.v1.Queue.settings:type_name -> quorumq.v1.QueueSettings
-	60, // 5: quorumq.v1.Queue.created_at:type_name -> google.protobuf.Timestamp
-	3,  // 6: quorumq.v1.Queue.stats:type_name -> quorumq.v1.QueueStats
-	2,  // 7: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.v1.QueueSettings
-	4,  // 8: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.v1.Queue
-	4,  // 9: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.v1.Queue
-	4,  // 10: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.v1.Queue
-	56, // 11: quorumq.v1.Message.headers:type_name -> quorumq.v1.Message.HeadersEntry
-	59, // 12: quorumq.v1.Message.delay:type_name -> google.protobuf.Duration
-	13, // 13: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.v1.Message
-	15, // 14: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.v1.EnqueueResult
-	59, // 15: quorumq.v1.ReceiveRequest.wait:type_name -> google.protobuf.Duration
-	59, // 16: quorumq.v1.ReceiveRequest.visibility_timeout:type_name -> google.protobuf.Duration
-	57, // 17: quorumq.v1.ReceivedMessage.headers:type_name -> quorumq.v1.ReceivedMessage.HeadersEntry
-	60, // 18: quorumq.v1.ReceivedMessage.enqueued_at:type_name -> google.protobuf.Timestamp
-	60, // 19: quorumq.v1.ReceivedMessage.lease_deadline:type_name -> google.protobuf.Timestamp
-	18, // 20: quorumq.v1.ReceiveResponse.messages:type_name -> quorumq.v1.ReceivedMessage
+	78, // 0: quorumq.v1.QueueSettings.visibility_timeout:type_name -> google.protobuf.Duration
+	78, // 1: quorumq.v1.QueueSettings.dedup_window:type_name -> google.protobuf.Duration
+	78, // 2: quorumq.v1.QueueSettings.retention:type_name -> google.protobuf.Duration
+	78, // 3: quorumq.v1.QueueStats.oldest_ready_age:type_name -> google.protobuf.Duration
+	3,  // 4: quorumq.v1.Queue.settings:type_name -> quorumq.v1.QueueSettings
+	79, // 5: quorumq.v1.Queue.created_at:type_name -> google.protobuf.Timestamp
+	4,  // 6: quorumq.v1.Queue.stats:type_name -> quorumq.v1.QueueStats
+	3,  // 7: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.v1.QueueSettings
+	5,  // 8: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.v1.Queue
+	5,  // 9: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.v1.Queue
+	5,  // 10: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.v1.Queue
+	75, // 11: quorumq.v1.Message.headers:type_name -> quorumq.v1.Message.HeadersEntry
+	78, // 12: quorumq.v1.Message.delay:type_name -> google.protobuf.Duration
+	14, // 13: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.v1.Message
+	16, // 14: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.v1.EnqueueResult
+	78, // 15: quorumq.v1.ReceiveRequest.wait:type_name -> google.protobuf.Duration
+	78, // 16: quorumq.v1.ReceiveRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	76, // 17: quorumq.v1.ReceivedMessage.headers:type_name -> quorumq.v1.ReceivedMessage.HeadersEntry
+	79, // 18: quorumq.v1.ReceivedMessage.enqueued_at:type_name -> google.protobuf.Timestamp
+	79, // 19: quorumq.v1.ReceivedMessage.lease_deadline:type_name -> google.protobuf.Timestamp
+	19, // 20: quorumq.v1.ReceiveResponse.messages:type_name -> quorumq.v1.ReceivedMessage
 	0,  // 21: quorumq.v1.ReceiptResult.status:type_name -> quorumq.v1.ReceiptStatus
-	20, // 22: quorumq.v1.AckResponse.results:type_name -> quorumq.v1.ReceiptResult
-	59, // 23: quorumq.v1.RequeueRequest.delay:type_name -> google.protobuf.Duration
-	20, // 24: quorumq.v1.RequeueResponse.results:type_name -> quorumq.v1.ReceiptResult
-	59, // 25: quorumq.v1.ExtendLeaseRequest.visibility_timeout:type_name -> google.protobuf.Duration
-	20, // 26: quorumq.v1.ExtendLeaseResponse.results:type_name -> quorumq.v1.ReceiptResult
-	20, // 27: quorumq.v1.RejectResponse.results:type_name -> quorumq.v1.ReceiptResult
-	58, // 28: quorumq.v1.DeadLetter.headers:type_name -> quorumq.v1.DeadLetter.HeadersEntry
-	60, // 29: quorumq.v1.DeadLetter.enqueued_at:type_name -> google.protobuf.Timestamp
-	60, // 30: quorumq.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
-	29, // 31: quorumq.v1.ListDeadLettersResponse.dead_letters:type_name -> quorumq.v1.DeadLetter
-	38, // 32: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
-	41, // 33: quorumq.v1.PartitionInfo.replicas:type_name -> quorumq.v1.ReplicaInfo
-	3,  // 34: quorumq.v1.PartitionInfo.stats:type_name -> quorumq.v1.QueueStats
-	42, // 35: quorumq.v1.PartitionsResponse.partitions:type_name -> quorumq.v1.PartitionInfo
-	54, // 36: quorumq.v1.GossipKeyringResponse.nodes:type_name -> quorumq.v1.GossipKeyringNode
-	5,  // 37: quorumq.v1.QueueService.CreateQueue:input_type -> quorumq.v1.CreateQueueRequest
-	7,  // 38: quorumq.v1.QueueService.DeleteQueue:input_type -> quorumq.v1.DeleteQueueRequest
-	9,  // 39: quorumq.v1.QueueService.GetQueue:input_type -> quorumq.v1.GetQueueRequest
-	11, // 40: quorumq.v1.QueueService.ListQueues:input_type -> quorumq.v1.ListQueuesRequest
-	14, // 41: quorumq.v1.QueueService.Enqueue:input_type -> quorumq.v1.EnqueueRequest
-	17, // 42: quorumq.v1.QueueService.Receive:input_type -> quorumq.v1.ReceiveRequest
-	21, // 43: quorumq.v1.QueueService.Ack:input_type -> quorumq.v1.AckRequest
-	23, // 44: quorumq.v1.QueueService.Requeue:input_type -> quorumq.v1.RequeueRequest
-	25, // 45: quorumq.v1.QueueService.ExtendLease:input_type -> quorumq.v1.ExtendLeaseRequest
-	27, // 46: quorumq.v1.QueueService.Reject:input_type -> quorumq.v1.RejectRequest
-	30, // 47: quorumq.v1.QueueService.ListDeadLetters:input_type -> quorumq.v1.ListDeadLettersRequest
-	32, // 48: quorumq.v1.QueueService.Redrive:input_type -> quorumq.v1.RedriveRequest
-	34, // 49: quorumq.v1.QueueService.Purge:input_type -> quorumq.v1.PurgeRequest
-	36, // 50: quorumq.v1.ClusterService.Status:input_type -> quorumq.v1.StatusRequest
-	39, // 51: quorumq.v1.ClusterService.Members:input_type -> quorumq.v1.MembersRequest
-	43, // 52: quorumq.v1.ClusterService.Partitions:input_type -> quorumq.v1.PartitionsRequest
-	45, // 53: quorumq.v1.ClusterService.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
-	47, // 54: quorumq.v1.ClusterService.DrainNode:input_type -> quorumq.v1.DrainNodeRequest
-	49, // 55: quorumq.v1.ClusterService.RemoveNode:input_type -> quorumq.v1.RemoveNodeRequest
-	51, // 56: quorumq.v1.ClusterService.Rebalance:input_type -> quorumq.v1.RebalanceRequest
-	53, // 57: quorumq.v1.ClusterService.GossipKeyring:input_type -> quorumq.v1.GossipKeyringRequest
-	6,  // 58: quorumq.v1.QueueService.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
-	8,  // 59: quorumq.v1.QueueService.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
-	10, // 60: quorumq.v1.QueueService.GetQueue:output_type -> quorumq.v1.GetQueueResponse
-	12, // 61: quorumq.v1.QueueService.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
-	16, // 62: quorumq.v1.QueueService.Enqueue:output_type -> quorumq.v1.EnqueueResponse
-	19, // 63: quorumq.v1.QueueService.Receive:output_type -> quorumq.v1.ReceiveResponse
-	22, // 64: quorumq.v1.QueueService.Ack:output_type -> quorumq.v1.AckResponse
-	24, // 65: quorumq.v1.QueueService.Requeue:output_type -> quorumq.v1.RequeueResponse
-	26, // 66: quorumq.v1.QueueService.ExtendLease:output_type -> quorumq.v1.ExtendLeaseResponse
-	28, // 67: quorumq.v1.QueueService.Reject:output_type -> quorumq.v1.RejectResponse
-	31, // 68: quorumq.v1.QueueService.ListDeadLetters:output_type -> quorumq.v1.ListDeadLettersResponse
-	33, // 69: quorumq.v1.QueueService.Redrive:output_type -> quorumq.v1.RedriveResponse
-	35, // 70: quorumq.v1.QueueService.Purge:output_type -> quorumq.v1.PurgeResponse
-	37, // 71: quorumq.v1.ClusterService.Status:output_type -> quorumq.v1.StatusResponse
-	40, // 72: quorumq.v1.ClusterService.Members:output_type -> quorumq.v1.MembersResponse
-	44, // 73: quorumq.v1.ClusterService.Partitions:output_type -> quorumq.v1.PartitionsResponse
-	46, // 74: quorumq.v1.ClusterService.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
-	48, // 75: quorumq.v1.ClusterService.DrainNode:output_type -> quorumq.v1.DrainNodeResponse
-	50, // 76: quorumq.v1.ClusterService.RemoveNode:output_type -> quorumq.v1.RemoveNodeResponse
-	52, // 77: quorumq.v1.ClusterService.Rebalance:output_type -> quorumq.v1.RebalanceResponse
-	55, // 78: quorumq.v1.ClusterService.GossipKeyring:output_type -> quorumq.v1.GossipKeyringResponse
-	58, // [58:79] is the sub-list for method output_type
-	37, // [37:58] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	21, // 22: quorumq.v1.AckResponse.results:type_name -> quorumq.v1.ReceiptResult
+	78, // 23: quorumq.v1.RequeueRequest.delay:type_name -> google.protobuf.Duration
+	21, // 24: quorumq.v1.RequeueResponse.results:type_name -> quorumq.v1.ReceiptResult
+	78, // 25: quorumq.v1.ExtendLeaseRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	21, // 26: quorumq.v1.ExtendLeaseResponse.results:type_name -> quorumq.v1.ReceiptResult
+	21, // 27: quorumq.v1.RejectResponse.results:type_name -> quorumq.v1.ReceiptResult
+	77, // 28: quorumq.v1.DeadLetter.headers:type_name -> quorumq.v1.DeadLetter.HeadersEntry
+	79, // 29: quorumq.v1.DeadLetter.enqueued_at:type_name -> google.protobuf.Timestamp
+	79, // 30: quorumq.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
+	30, // 31: quorumq.v1.ListDeadLettersResponse.dead_letters:type_name -> quorumq.v1.DeadLetter
+	39, // 32: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
+	42, // 33: quorumq.v1.PartitionInfo.replicas:type_name -> quorumq.v1.ReplicaInfo
+	4,  // 34: quorumq.v1.PartitionInfo.stats:type_name -> quorumq.v1.QueueStats
+	43, // 35: quorumq.v1.PartitionsResponse.partitions:type_name -> quorumq.v1.PartitionInfo
+	55, // 36: quorumq.v1.GossipKeyringResponse.nodes:type_name -> quorumq.v1.GossipKeyringNode
+	1,  // 37: quorumq.v1.AccessGrant.permission:type_name -> quorumq.v1.Permission
+	57, // 38: quorumq.v1.WhoAmIResponse.grants:type_name -> quorumq.v1.AccessGrant
+	57, // 39: quorumq.v1.GrantRequest.grant:type_name -> quorumq.v1.AccessGrant
+	57, // 40: quorumq.v1.RevokeRequest.grant:type_name -> quorumq.v1.AccessGrant
+	57, // 41: quorumq.v1.ListGrantsResponse.grants:type_name -> quorumq.v1.AccessGrant
+	79, // 42: quorumq.v1.TokenSummary.created_at:type_name -> google.protobuf.Timestamp
+	68, // 43: quorumq.v1.ListTokensResponse.tokens:type_name -> quorumq.v1.TokenSummary
+	6,  // 44: quorumq.v1.QueueService.CreateQueue:input_type -> quorumq.v1.CreateQueueRequest
+	8,  // 45: quorumq.v1.QueueService.DeleteQueue:input_type -> quorumq.v1.DeleteQueueRequest
+	10, // 46: quorumq.v1.QueueService.GetQueue:input_type -> quorumq.v1.GetQueueRequest
+	12, // 47: quorumq.v1.QueueService.ListQueues:input_type -> quorumq.v1.ListQueuesRequest
+	15, // 48: quorumq.v1.QueueService.Enqueue:input_type -> quorumq.v1.EnqueueRequest
+	18, // 49: quorumq.v1.QueueService.Receive:input_type -> quorumq.v1.ReceiveRequest
+	22, // 50: quorumq.v1.QueueService.Ack:input_type -> quorumq.v1.AckRequest
+	24, // 51: quorumq.v1.QueueService.Requeue:input_type -> quorumq.v1.RequeueRequest
+	26, // 52: quorumq.v1.QueueService.ExtendLease:input_type -> quorumq.v1.ExtendLeaseRequest
+	28, // 53: quorumq.v1.QueueService.Reject:input_type -> quorumq.v1.RejectRequest
+	31, // 54: quorumq.v1.QueueService.ListDeadLetters:input_type -> quorumq.v1.ListDeadLettersRequest
+	33, // 55: quorumq.v1.QueueService.Redrive:input_type -> quorumq.v1.RedriveRequest
+	35, // 56: quorumq.v1.QueueService.Purge:input_type -> quorumq.v1.PurgeRequest
+	37, // 57: quorumq.v1.ClusterService.Status:input_type -> quorumq.v1.StatusRequest
+	40, // 58: quorumq.v1.ClusterService.Members:input_type -> quorumq.v1.MembersRequest
+	44, // 59: quorumq.v1.ClusterService.Partitions:input_type -> quorumq.v1.PartitionsRequest
+	46, // 60: quorumq.v1.ClusterService.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
+	48, // 61: quorumq.v1.ClusterService.DrainNode:input_type -> quorumq.v1.DrainNodeRequest
+	50, // 62: quorumq.v1.ClusterService.RemoveNode:input_type -> quorumq.v1.RemoveNodeRequest
+	52, // 63: quorumq.v1.ClusterService.Rebalance:input_type -> quorumq.v1.RebalanceRequest
+	54, // 64: quorumq.v1.ClusterService.GossipKeyring:input_type -> quorumq.v1.GossipKeyringRequest
+	58, // 65: quorumq.v1.AccessService.WhoAmI:input_type -> quorumq.v1.WhoAmIRequest
+	60, // 66: quorumq.v1.AccessService.Grant:input_type -> quorumq.v1.GrantRequest
+	62, // 67: quorumq.v1.AccessService.Revoke:input_type -> quorumq.v1.RevokeRequest
+	64, // 68: quorumq.v1.AccessService.ListGrants:input_type -> quorumq.v1.ListGrantsRequest
+	66, // 69: quorumq.v1.AccessService.CreateToken:input_type -> quorumq.v1.CreateTokenRequest
+	69, // 70: quorumq.v1.AccessService.ListTokens:input_type -> quorumq.v1.ListTokensRequest
+	71, // 71: quorumq.v1.AccessService.DeleteToken:input_type -> quorumq.v1.DeleteTokenRequest
+	73, // 72: quorumq.v1.AccessService.RotateReceiptKey:input_type -> quorumq.v1.RotateReceiptKeyRequest
+	7,  // 73: quorumq.v1.QueueService.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
+	9,  // 74: quorumq.v1.QueueService.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
+	11, // 75: quorumq.v1.QueueService.GetQueue:output_type -> quorumq.v1.GetQueueResponse
+	13, // 76: quorumq.v1.QueueService.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
+	17, // 77: quorumq.v1.QueueService.Enqueue:output_type -> quorumq.v1.EnqueueResponse
+	20, // 78: quorumq.v1.QueueService.Receive:output_type -> quorumq.v1.ReceiveResponse
+	23, // 79: quorumq.v1.QueueService.Ack:output_type -> quorumq.v1.AckResponse
+	25, // 80: quorumq.v1.QueueService.Requeue:output_type -> quorumq.v1.RequeueResponse
+	27, // 81: quorumq.v1.QueueService.ExtendLease:output_type -> quorumq.v1.ExtendLeaseResponse
+	29, // 82: quorumq.v1.QueueService.Reject:output_type -> quorumq.v1.RejectResponse
+	32, // 83: quorumq.v1.QueueService.ListDeadLetters:output_type -> quorumq.v1.ListDeadLettersResponse
+	34, // 84: quorumq.v1.QueueService.Redrive:output_type -> quorumq.v1.RedriveResponse
+	36, // 85: quorumq.v1.QueueService.Purge:output_type -> quorumq.v1.PurgeResponse
+	38, // 86: quorumq.v1.ClusterService.Status:output_type -> quorumq.v1.StatusResponse
+	41, // 87: quorumq.v1.ClusterService.Members:output_type -> quorumq.v1.MembersResponse
+	45, // 88: quorumq.v1.ClusterService.Partitions:output_type -> quorumq.v1.PartitionsResponse
+	47, // 89: quorumq.v1.ClusterService.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
+	49, // 90: quorumq.v1.ClusterService.DrainNode:output_type -> quorumq.v1.DrainNodeResponse
+	51, // 91: quorumq.v1.ClusterService.RemoveNode:output_type -> quorumq.v1.RemoveNodeResponse
+	53, // 92: quorumq.v1.ClusterService.Rebalance:output_type -> quorumq.v1.RebalanceResponse
+	56, // 93: quorumq.v1.ClusterService.GossipKeyring:output_type -> quorumq.v1.GossipKeyringResponse
+	59, // 94: quorumq.v1.AccessService.WhoAmI:output_type -> quorumq.v1.WhoAmIResponse
+	61, // 95: quorumq.v1.AccessService.Grant:output_type -> quorumq.v1.GrantResponse
+	63, // 96: quorumq.v1.AccessService.Revoke:output_type -> quorumq.v1.RevokeResponse
+	65, // 97: quorumq.v1.AccessService.ListGrants:output_type -> quorumq.v1.ListGrantsResponse
+	67, // 98: quorumq.v1.AccessService.CreateToken:output_type -> quorumq.v1.CreateTokenResponse
+	70, // 99: quorumq.v1.AccessService.ListTokens:output_type -> quorumq.v1.ListTokensResponse
+	72, // 100: quorumq.v1.AccessService.DeleteToken:output_type -> quorumq.v1.DeleteTokenResponse
+	74, // 101: quorumq.v1.AccessService.RotateReceiptKey:output_type -> quorumq.v1.RotateReceiptKeyResponse
+	73, // [73:102] is the sub-list for method output_type
+	44, // [44:73] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_quorumq_v1_quorumq_proto_init() }
@@ -3891,10 +4904,10 @@ func file_quorumq_v1_quorumq_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quorumq_v1_quorumq_proto_rawDesc), len(file_quorumq_v1_quorumq_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   58,
+			NumEnums:      2,
+			NumMessages:   76,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_quorumq_v1_quorumq_proto_goTypes,
 		DependencyIndexes: file_quorumq_v1_quorumq_proto_depIdxs,

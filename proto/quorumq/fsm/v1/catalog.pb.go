@@ -80,6 +80,68 @@ func (NodeState) EnumDescriptor() ([]byte, []int) {
 	return file_quorumq_fsm_v1_catalog_proto_rawDescGZIP(), []int{0}
 }
 
+// Permission is what a grant allows. ADMIN includes every other one on every
+// queue.
+type Permission int32
+
+const (
+	Permission_PERMISSION_UNSPECIFIED Permission = 0
+	// PRODUCE: enqueue.
+	Permission_PERMISSION_PRODUCE Permission = 1
+	// CONSUME: receive, ack, requeue, extend, reject.
+	Permission_PERMISSION_CONSUME Permission = 2
+	// MANAGE: create, update, delete, purge; dead letters: list, redrive.
+	Permission_PERMISSION_MANAGE Permission = 3
+	// ADMIN: drain, remove, rebalance, transfer leadership, gossip keys,
+	// access control; and everything above on every queue.
+	Permission_PERMISSION_ADMIN Permission = 4
+)
+
+// Enum value maps for Permission.
+var (
+	Permission_name = map[int32]string{
+		0: "PERMISSION_UNSPECIFIED",
+		1: "PERMISSION_PRODUCE",
+		2: "PERMISSION_CONSUME",
+		3: "PERMISSION_MANAGE",
+		4: "PERMISSION_ADMIN",
+	}
+	Permission_value = map[string]int32{
+		"PERMISSION_UNSPECIFIED": 0,
+		"PERMISSION_PRODUCE":     1,
+		"PERMISSION_CONSUME":     2,
+		"PERMISSION_MANAGE":      3,
+		"PERMISSION_ADMIN":       4,
+	}
+)
+
+func (x Permission) Enum() *Permission {
+	p := new(Permission)
+	*p = x
+	return p
+}
+
+func (x Permission) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Permission) Descriptor() protoreflect.EnumDescriptor {
+	return file_quorumq_fsm_v1_catalog_proto_enumTypes[1].Descriptor()
+}
+
+func (Permission) Type() protoreflect.EnumType {
+	return &file_quorumq_fsm_v1_catalog_proto_enumTypes[1]
+}
+
+func (x Permission) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Permission.Descriptor instead.
+func (Permission) EnumDescriptor() ([]byte, []int) {
+	return file_quorumq_fsm_v1_catalog_proto_rawDescGZIP(), []int{1}
+}
+
 type CatalogCommand struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -93,6 +155,11 @@ type CatalogCommand struct {
 	//	*CatalogCommand_DeleteQueue
 	//	*CatalogCommand_UpdateQueueSettings
 	//	*CatalogCommand_SetAssignment
+	//	*CatalogCommand_PutGrant
+	//	*CatalogCommand_RevokeGrant
+	//	*CatalogCommand_PutToken
+	//	*CatalogCommand_DeleteToken
+	//	*CatalogCommand_RotateReceiptKey
 	Op            isCatalogCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -203,6 +270,51 @@ func (x *CatalogCommand) GetSetAssignment() *SetAssignment {
 	return nil
 }
 
+func (x *CatalogCommand) GetPutGrant() *PutGrant {
+	if x != nil {
+		if x, ok := x.Op.(*CatalogCommand_PutGrant); ok {
+			return x.PutGrant
+		}
+	}
+	return nil
+}
+
+func (x *CatalogCommand) GetRevokeGrant() *RevokeGrant {
+	if x != nil {
+		if x, ok := x.Op.(*CatalogCommand_RevokeGrant); ok {
+			return x.RevokeGrant
+		}
+	}
+	return nil
+}
+
+func (x *CatalogCommand) GetPutToken() *PutToken {
+	if x != nil {
+		if x, ok := x.Op.(*CatalogCommand_PutToken); ok {
+			return x.PutToken
+		}
+	}
+	return nil
+}
+
+func (x *CatalogCommand) GetDeleteToken() *DeleteToken {
+	if x != nil {
+		if x, ok := x.Op.(*CatalogCommand_DeleteToken); ok {
+			return x.DeleteToken
+		}
+	}
+	return nil
+}
+
+func (x *CatalogCommand) GetRotateReceiptKey() *RotateReceiptKey {
+	if x != nil {
+		if x, ok := x.Op.(*CatalogCommand_RotateReceiptKey); ok {
+			return x.RotateReceiptKey
+		}
+	}
+	return nil
+}
+
 type isCatalogCommand_Op interface {
 	isCatalogCommand_Op()
 }
@@ -231,6 +343,26 @@ type CatalogCommand_SetAssignment struct {
 	SetAssignment *SetAssignment `protobuf:"bytes,15,opt,name=set_assignment,json=setAssignment,proto3,oneof"`
 }
 
+type CatalogCommand_PutGrant struct {
+	PutGrant *PutGrant `protobuf:"bytes,16,opt,name=put_grant,json=putGrant,proto3,oneof"`
+}
+
+type CatalogCommand_RevokeGrant struct {
+	RevokeGrant *RevokeGrant `protobuf:"bytes,17,opt,name=revoke_grant,json=revokeGrant,proto3,oneof"`
+}
+
+type CatalogCommand_PutToken struct {
+	PutToken *PutToken `protobuf:"bytes,18,opt,name=put_token,json=putToken,proto3,oneof"`
+}
+
+type CatalogCommand_DeleteToken struct {
+	DeleteToken *DeleteToken `protobuf:"bytes,19,opt,name=delete_token,json=deleteToken,proto3,oneof"`
+}
+
+type CatalogCommand_RotateReceiptKey struct {
+	RotateReceiptKey *RotateReceiptKey `protobuf:"bytes,20,opt,name=rotate_receipt_key,json=rotateReceiptKey,proto3,oneof"`
+}
+
 func (*CatalogCommand_UpsertNode) isCatalogCommand_Op() {}
 
 func (*CatalogCommand_SetNodeState) isCatalogCommand_Op() {}
@@ -242,6 +374,16 @@ func (*CatalogCommand_DeleteQueue) isCatalogCommand_Op() {}
 func (*CatalogCommand_UpdateQueueSettings) isCatalogCommand_Op() {}
 
 func (*CatalogCommand_SetAssignment) isCatalogCommand_Op() {}
+
+func (*CatalogCommand_PutGrant) isCatalogCommand_Op() {}
+
+func (*CatalogCommand_RevokeGrant) isCatalogCommand_Op() {}
+
+func (*CatalogCommand_PutToken) isCatalogCommand_Op() {}
+
+func (*CatalogCommand_DeleteToken) isCatalogCommand_Op() {}
+
+func (*CatalogCommand_RotateReceiptKey) isCatalogCommand_Op() {}
 
 type NodeInfo struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -963,9 +1105,14 @@ type CatalogSnapshot struct {
 	NextQueueId      uint64                 `protobuf:"varint,3,opt,name=next_queue_id,json=nextQueueId,proto3" json:"next_queue_id,omitempty"`
 	NextReplicaEpoch uint64                 `protobuf:"varint,4,opt,name=next_replica_epoch,json=nextReplicaEpoch,proto3" json:"next_replica_epoch,omitempty"`
 	// nodes sorted by id, queues sorted by name.
-	Nodes         []*NodeInfo  `protobuf:"bytes,5,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Queues        []*QueueInfo `protobuf:"bytes,6,rep,name=queues,proto3" json:"queues,omitempty"`
-	CatalogEpoch  uint64       `protobuf:"varint,7,opt,name=catalog_epoch,json=catalogEpoch,proto3" json:"catalog_epoch,omitempty"`
+	Nodes        []*NodeInfo  `protobuf:"bytes,5,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Queues       []*QueueInfo `protobuf:"bytes,6,rep,name=queues,proto3" json:"queues,omitempty"`
+	CatalogEpoch uint64       `protobuf:"varint,7,opt,name=catalog_epoch,json=catalogEpoch,proto3" json:"catalog_epoch,omitempty"`
+	// grants sorted by (identity, permission, queue, prefix); tokens by id;
+	// receipt_keys oldest first (at most two: the current one last).
+	Grants        []*Grant      `protobuf:"bytes,8,rep,name=grants,proto3" json:"grants,omitempty"`
+	Tokens        []*TokenInfo  `protobuf:"bytes,9,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	ReceiptKeys   []*ReceiptKey `protobuf:"bytes,10,rep,name=receipt_keys,json=receiptKeys,proto3" json:"receipt_keys,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1049,11 +1196,470 @@ func (x *CatalogSnapshot) GetCatalogEpoch() uint64 {
 	return 0
 }
 
+func (x *CatalogSnapshot) GetGrants() []*Grant {
+	if x != nil {
+		return x.Grants
+	}
+	return nil
+}
+
+func (x *CatalogSnapshot) GetTokens() []*TokenInfo {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+func (x *CatalogSnapshot) GetReceiptKeys() []*ReceiptKey {
+	if x != nil {
+		return x.ReceiptKeys
+	}
+	return nil
+}
+
+// Grant gives identity a permission on the queue named queue, or on every
+// queue whose name starts with queue when prefix is set (an empty prefix:
+// every queue). ADMIN grants name no queue.
+type Grant struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Identity      string                 `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	Permission    Permission             `protobuf:"varint,2,opt,name=permission,proto3,enum=quorumq.fsm.v1.Permission" json:"permission,omitempty"`
+	Queue         string                 `protobuf:"bytes,3,opt,name=queue,proto3" json:"queue,omitempty"`
+	Prefix        bool                   `protobuf:"varint,4,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Grant) Reset() {
+	*x = Grant{}
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Grant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Grant) ProtoMessage() {}
+
+func (x *Grant) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Grant.ProtoReflect.Descriptor instead.
+func (*Grant) Descriptor() ([]byte, []int) {
+	return file_quorumq_fsm_v1_catalog_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Grant) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *Grant) GetPermission() Permission {
+	if x != nil {
+		return x.Permission
+	}
+	return Permission_PERMISSION_UNSPECIFIED
+}
+
+func (x *Grant) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *Grant) GetPrefix() bool {
+	if x != nil {
+		return x.Prefix
+	}
+	return false
+}
+
+// PutGrant adds a grant (adding one that exists changes nothing and is ok).
+type PutGrant struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Grant         *Grant                 `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutGrant) Reset() {
+	*x = PutGrant{}
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutGrant) ProtoMessage() {}
+
+func (x *PutGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutGrant.ProtoReflect.Descriptor instead.
+func (*PutGrant) Descriptor() ([]byte, []int) {
+	return file_quorumq_fsm_v1_catalog_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *PutGrant) GetGrant() *Grant {
+	if x != nil {
+		return x.Grant
+	}
+	return nil
+}
+
+// RevokeGrant removes the grant equal to grant; not found if none is.
+type RevokeGrant struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Grant         *Grant                 `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeGrant) Reset() {
+	*x = RevokeGrant{}
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeGrant) ProtoMessage() {}
+
+func (x *RevokeGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeGrant.ProtoReflect.Descriptor instead.
+func (*RevokeGrant) Descriptor() ([]byte, []int) {
+	return file_quorumq_fsm_v1_catalog_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RevokeGrant) GetGrant() *Grant {
+	if x != nil {
+		return x.Grant
+	}
+	return nil
+}
+
+// TokenInfo is a bearer token as the catalogue keeps it: only the SHA-256
+// of its secret, never the secret.
+type TokenInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id: 16 lowercase hex digits, the token's public part.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// identity: whom the token authenticates (grants name identities).
+	Identity string `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	// hash: SHA-256 of the token's secret part.
+	Hash          []byte `protobuf:"bytes,3,opt,name=hash,proto3" json:"hash,omitempty"`
+	CreatedAt     int64  `protobuf:"varint,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Description   string `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenInfo) Reset() {
+	*x = TokenInfo{}
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenInfo) ProtoMessage() {}
+
+func (x *TokenInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
+func (*TokenInfo) Descriptor() ([]byte, []int) {
+	return file_quorumq_fsm_v1_catalog_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TokenInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *TokenInfo) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *TokenInfo) GetHash() []byte {
+	if x != nil {
+		return x.Hash
+	}
+	return nil
+}
+
+func (x *TokenInfo) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type PutToken struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *TokenInfo             `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutToken) Reset() {
+	*x = PutToken{}
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutToken) ProtoMessage() {}
+
+func (x *PutToken) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutToken.ProtoReflect.Descriptor instead.
+func (*PutToken) Descriptor() ([]byte, []int) {
+	return file_quorumq_fsm_v1_catalog_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PutToken) GetToken() *TokenInfo {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+type DeleteToken struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteToken) Reset() {
+	*x = DeleteToken{}
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteToken) ProtoMessage() {}
+
+func (x *DeleteToken) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteToken.ProtoReflect.Descriptor instead.
+func (*DeleteToken) Descriptor() ([]byte, []int) {
+	return file_quorumq_fsm_v1_catalog_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DeleteToken) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// ReceiptKey signs receipts (HMAC-SHA256).
+type ReceiptKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	CreatedAt     int64                  `protobuf:"varint,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReceiptKey) Reset() {
+	*x = ReceiptKey{}
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReceiptKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReceiptKey) ProtoMessage() {}
+
+func (x *ReceiptKey) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReceiptKey.ProtoReflect.Descriptor instead.
+func (*ReceiptKey) Descriptor() ([]byte, []int) {
+	return file_quorumq_fsm_v1_catalog_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ReceiptKey) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ReceiptKey) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ReceiptKey) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+// RotateReceiptKey makes key the current receipt key (id: the last one's
+// plus one) and keeps only the one it replaces beside it, so receipts
+// signed before one rotation still verify, and none from before two.
+type RotateReceiptKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateReceiptKey) Reset() {
+	*x = RotateReceiptKey{}
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateReceiptKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateReceiptKey) ProtoMessage() {}
+
+func (x *RotateReceiptKey) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumq_fsm_v1_catalog_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateReceiptKey.ProtoReflect.Descriptor instead.
+func (*RotateReceiptKey) Descriptor() ([]byte, []int) {
+	return file_quorumq_fsm_v1_catalog_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RotateReceiptKey) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 var File_quorumq_fsm_v1_catalog_proto protoreflect.FileDescriptor
 
 const file_quorumq_fsm_v1_catalog_proto_rawDesc = "" +
 	"\n" +
-	"\x1cquorumq/fsm/v1/catalog.proto\x12\x0equorumq.fsm.v1\x1a\x1equorumq/fsm/v1/partition.proto\"\xf8\x03\n" +
+	"\x1cquorumq/fsm/v1/catalog.proto\x12\x0equorumq.fsm.v1\x1a\x1equorumq/fsm/v1/partition.proto\"\xc0\x06\n" +
 	"\x0eCatalogCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05stamp\x18\x02 \x01(\x03R\x05stamp\x12=\n" +
@@ -1064,7 +1670,12 @@ const file_quorumq_fsm_v1_catalog_proto_rawDesc = "" +
 	"\fcreate_queue\x18\f \x01(\v2\x1b.quorumq.fsm.v1.CreateQueueH\x00R\vcreateQueue\x12@\n" +
 	"\fdelete_queue\x18\r \x01(\v2\x1b.quorumq.fsm.v1.DeleteQueueH\x00R\vdeleteQueue\x12Y\n" +
 	"\x15update_queue_settings\x18\x0e \x01(\v2#.quorumq.fsm.v1.UpdateQueueSettingsH\x00R\x13updateQueueSettings\x12F\n" +
-	"\x0eset_assignment\x18\x0f \x01(\v2\x1d.quorumq.fsm.v1.SetAssignmentH\x00R\rsetAssignmentB\x04\n" +
+	"\x0eset_assignment\x18\x0f \x01(\v2\x1d.quorumq.fsm.v1.SetAssignmentH\x00R\rsetAssignment\x127\n" +
+	"\tput_grant\x18\x10 \x01(\v2\x18.quorumq.fsm.v1.PutGrantH\x00R\bputGrant\x12@\n" +
+	"\frevoke_grant\x18\x11 \x01(\v2\x1b.quorumq.fsm.v1.RevokeGrantH\x00R\vrevokeGrant\x127\n" +
+	"\tput_token\x18\x12 \x01(\v2\x18.quorumq.fsm.v1.PutTokenH\x00R\bputToken\x12@\n" +
+	"\fdelete_token\x18\x13 \x01(\v2\x1b.quorumq.fsm.v1.DeleteTokenH\x00R\vdeleteToken\x12P\n" +
+	"\x12rotate_receipt_key\x18\x14 \x01(\v2 .quorumq.fsm.v1.RotateReceiptKeyH\x00R\x10rotateReceiptKeyB\x04\n" +
 	"\x02opJ\x04\b\x03\x10\n" +
 	"\"\xcd\x02\n" +
 	"\bNodeInfo\x12\x0e\n" +
@@ -1127,7 +1738,7 @@ const file_quorumq_fsm_v1_catalog_proto_rawDesc = "" +
 	"\tpartition\x18\x02 \x01(\rR\tpartition\x12%\n" +
 	"\x0eexpected_epoch\x18\x03 \x01(\x04R\rexpectedEpoch\x123\n" +
 	"\breplicas\x18\x04 \x03(\v2\x17.quorumq.fsm.v1.ReplicaR\breplicas\x12)\n" +
-	"\x10preferred_leader\x18\x05 \x01(\tR\x0fpreferredLeader\"\x97\x02\n" +
+	"\x10preferred_leader\x18\x05 \x01(\tR\x0fpreferredLeader\"\xb8\x03\n" +
 	"\x0fCatalogSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x10\n" +
 	"\x03now\x18\x02 \x01(\x03R\x03now\x12\"\n" +
@@ -1135,12 +1746,53 @@ const file_quorumq_fsm_v1_catalog_proto_rawDesc = "" +
 	"\x12next_replica_epoch\x18\x04 \x01(\x04R\x10nextReplicaEpoch\x12.\n" +
 	"\x05nodes\x18\x05 \x03(\v2\x18.quorumq.fsm.v1.NodeInfoR\x05nodes\x121\n" +
 	"\x06queues\x18\x06 \x03(\v2\x19.quorumq.fsm.v1.QueueInfoR\x06queues\x12#\n" +
-	"\rcatalog_epoch\x18\a \x01(\x04R\fcatalogEpoch*n\n" +
+	"\rcatalog_epoch\x18\a \x01(\x04R\fcatalogEpoch\x12-\n" +
+	"\x06grants\x18\b \x03(\v2\x15.quorumq.fsm.v1.GrantR\x06grants\x121\n" +
+	"\x06tokens\x18\t \x03(\v2\x19.quorumq.fsm.v1.TokenInfoR\x06tokens\x12=\n" +
+	"\freceipt_keys\x18\n" +
+	" \x03(\v2\x1a.quorumq.fsm.v1.ReceiptKeyR\vreceiptKeys\"\x8d\x01\n" +
+	"\x05Grant\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\tR\bidentity\x12:\n" +
+	"\n" +
+	"permission\x18\x02 \x01(\x0e2\x1a.quorumq.fsm.v1.PermissionR\n" +
+	"permission\x12\x14\n" +
+	"\x05queue\x18\x03 \x01(\tR\x05queue\x12\x16\n" +
+	"\x06prefix\x18\x04 \x01(\bR\x06prefix\"7\n" +
+	"\bPutGrant\x12+\n" +
+	"\x05grant\x18\x01 \x01(\v2\x15.quorumq.fsm.v1.GrantR\x05grant\":\n" +
+	"\vRevokeGrant\x12+\n" +
+	"\x05grant\x18\x01 \x01(\v2\x15.quorumq.fsm.v1.GrantR\x05grant\"\x8c\x01\n" +
+	"\tTokenInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
+	"\bidentity\x18\x02 \x01(\tR\bidentity\x12\x12\n" +
+	"\x04hash\x18\x03 \x01(\fR\x04hash\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\x04 \x01(\x03R\tcreatedAt\x12 \n" +
+	"\vdescription\x18\x05 \x01(\tR\vdescription\";\n" +
+	"\bPutToken\x12/\n" +
+	"\x05token\x18\x01 \x01(\v2\x19.quorumq.fsm.v1.TokenInfoR\x05token\"\x1d\n" +
+	"\vDeleteToken\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"M\n" +
+	"\n" +
+	"ReceiptKey\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\x03R\tcreatedAt\"$\n" +
+	"\x10RotateReceiptKey\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key*n\n" +
 	"\tNodeState\x12\x1a\n" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_STATE_ALIVE\x10\x01\x12\x17\n" +
 	"\x13NODE_STATE_DRAINING\x10\x02\x12\x16\n" +
-	"\x12NODE_STATE_REMOVED\x10\x03B7Z5github.com/quorumq/quorumq/proto/quorumq/fsm/v1;fsmv1b\x06proto3"
+	"\x12NODE_STATE_REMOVED\x10\x03*\x85\x01\n" +
+	"\n" +
+	"Permission\x12\x1a\n" +
+	"\x16PERMISSION_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12PERMISSION_PRODUCE\x10\x01\x12\x16\n" +
+	"\x12PERMISSION_CONSUME\x10\x02\x12\x15\n" +
+	"\x11PERMISSION_MANAGE\x10\x03\x12\x14\n" +
+	"\x10PERMISSION_ADMIN\x10\x04B7Z5github.com/quorumq/quorumq/proto/quorumq/fsm/v1;fsmv1b\x06proto3"
 
 var (
 	file_quorumq_fsm_v1_catalog_proto_rawDescOnce sync.Once
@@ -1154,48 +1806,69 @@ func file_quorumq_fsm_v1_catalog_proto_rawDescGZIP() []byte {
 	return file_quorumq_fsm_v1_catalog_proto_rawDescData
 }
 
-var file_quorumq_fsm_v1_catalog_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_quorumq_fsm_v1_catalog_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_quorumq_fsm_v1_catalog_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_quorumq_fsm_v1_catalog_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_quorumq_fsm_v1_catalog_proto_goTypes = []any{
 	(NodeState)(0),              // 0: quorumq.fsm.v1.NodeState
-	(*CatalogCommand)(nil),      // 1: quorumq.fsm.v1.CatalogCommand
-	(*NodeInfo)(nil),            // 2: quorumq.fsm.v1.NodeInfo
-	(*UpsertNode)(nil),          // 3: quorumq.fsm.v1.UpsertNode
-	(*SetNodeState)(nil),        // 4: quorumq.fsm.v1.SetNodeState
-	(*Replica)(nil),             // 5: quorumq.fsm.v1.Replica
-	(*PartitionAssignment)(nil), // 6: quorumq.fsm.v1.PartitionAssignment
-	(*QueueInfo)(nil),           // 7: quorumq.fsm.v1.QueueInfo
-	(*CreateQueue)(nil),         // 8: quorumq.fsm.v1.CreateQueue
-	(*DeleteQueue)(nil),         // 9: quorumq.fsm.v1.DeleteQueue
-	(*UpdateQueueSettings)(nil), // 10: quorumq.fsm.v1.UpdateQueueSettings
-	(*SetAssignment)(nil),       // 11: quorumq.fsm.v1.SetAssignment
-	(*CatalogSnapshot)(nil),     // 12: quorumq.fsm.v1.CatalogSnapshot
-	(*Settings)(nil),            // 13: quorumq.fsm.v1.Settings
+	(Permission)(0),             // 1: quorumq.fsm.v1.Permission
+	(*CatalogCommand)(nil),      // 2: quorumq.fsm.v1.CatalogCommand
+	(*NodeInfo)(nil),            // 3: quorumq.fsm.v1.NodeInfo
+	(*UpsertNode)(nil),          // 4: quorumq.fsm.v1.UpsertNode
+	(*SetNodeState)(nil),        // 5: quorumq.fsm.v1.SetNodeState
+	(*Replica)(nil),             // 6: quorumq.fsm.v1.Replica
+	(*PartitionAssignment)(nil), // 7: quorumq.fsm.v1.PartitionAssignment
+	(*QueueInfo)(nil),           // 8: quorumq.fsm.v1.QueueInfo
+	(*CreateQueue)(nil),         // 9: quorumq.fsm.v1.CreateQueue
+	(*DeleteQueue)(nil),         // 10: quorumq.fsm.v1.DeleteQueue
+	(*UpdateQueueSettings)(nil), // 11: quorumq.fsm.v1.UpdateQueueSettings
+	(*SetAssignment)(nil),       // 12: quorumq.fsm.v1.SetAssignment
+	(*CatalogSnapshot)(nil),     // 13: quorumq.fsm.v1.CatalogSnapshot
+	(*Grant)(nil),               // 14: quorumq.fsm.v1.Grant
+	(*PutGrant)(nil),            // 15: quorumq.fsm.v1.PutGrant
+	(*RevokeGrant)(nil),         // 16: quorumq.fsm.v1.RevokeGrant
+	(*TokenInfo)(nil),           // 17: quorumq.fsm.v1.TokenInfo
+	(*PutToken)(nil),            // 18: quorumq.fsm.v1.PutToken
+	(*DeleteToken)(nil),         // 19: quorumq.fsm.v1.DeleteToken
+	(*ReceiptKey)(nil),          // 20: quorumq.fsm.v1.ReceiptKey
+	(*RotateReceiptKey)(nil),    // 21: quorumq.fsm.v1.RotateReceiptKey
+	(*Settings)(nil),            // 22: quorumq.fsm.v1.Settings
 }
 var file_quorumq_fsm_v1_catalog_proto_depIdxs = []int32{
-	3,  // 0: quorumq.fsm.v1.CatalogCommand.upsert_node:type_name -> quorumq.fsm.v1.UpsertNode
-	4,  // 1: quorumq.fsm.v1.CatalogCommand.set_node_state:type_name -> quorumq.fsm.v1.SetNodeState
-	8,  // 2: quorumq.fsm.v1.CatalogCommand.create_queue:type_name -> quorumq.fsm.v1.CreateQueue
-	9,  // 3: quorumq.fsm.v1.CatalogCommand.delete_queue:type_name -> quorumq.fsm.v1.DeleteQueue
-	10, // 4: quorumq.fsm.v1.CatalogCommand.update_queue_settings:type_name -> quorumq.fsm.v1.UpdateQueueSettings
-	11, // 5: quorumq.fsm.v1.CatalogCommand.set_assignment:type_name -> quorumq.fsm.v1.SetAssignment
-	0,  // 6: quorumq.fsm.v1.NodeInfo.state:type_name -> quorumq.fsm.v1.NodeState
-	2,  // 7: quorumq.fsm.v1.UpsertNode.node:type_name -> quorumq.fsm.v1.NodeInfo
-	0,  // 8: quorumq.fsm.v1.SetNodeState.state:type_name -> quorumq.fsm.v1.NodeState
-	5,  // 9: quorumq.fsm.v1.PartitionAssignment.replicas:type_name -> quorumq.fsm.v1.Replica
-	13, // 10: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.Settings
-	6,  // 11: quorumq.fsm.v1.QueueInfo.partitions:type_name -> quorumq.fsm.v1.PartitionAssignment
-	13, // 12: quorumq.fsm.v1.CreateQueue.settings:type_name -> quorumq.fsm.v1.Settings
-	6,  // 13: quorumq.fsm.v1.CreateQueue.partitions:type_name -> quorumq.fsm.v1.PartitionAssignment
-	13, // 14: quorumq.fsm.v1.UpdateQueueSettings.settings:type_name -> quorumq.fsm.v1.Settings
-	5,  // 15: quorumq.fsm.v1.SetAssignment.replicas:type_name -> quorumq.fsm.v1.Replica
-	2,  // 16: quorumq.fsm.v1.CatalogSnapshot.nodes:type_name -> quorumq.fsm.v1.NodeInfo
-	7,  // 17: quorumq.fsm.v1.CatalogSnapshot.queues:type_name -> quorumq.fsm.v1.QueueInfo
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	4,  // 0: quorumq.fsm.v1.CatalogCommand.upsert_node:type_name -> quorumq.fsm.v1.UpsertNode
+	5,  // 1: quorumq.fsm.v1.CatalogCommand.set_node_state:type_name -> quorumq.fsm.v1.SetNodeState
+	9,  // 2: quorumq.fsm.v1.CatalogCommand.create_queue:type_name -> quorumq.fsm.v1.CreateQueue
+	10, // 3: quorumq.fsm.v1.CatalogCommand.delete_queue:type_name -> quorumq.fsm.v1.DeleteQueue
+	11, // 4: quorumq.fsm.v1.CatalogCommand.update_queue_settings:type_name -> quorumq.fsm.v1.UpdateQueueSettings
+	12, // 5: quorumq.fsm.v1.CatalogCommand.set_assignment:type_name -> quorumq.fsm.v1.SetAssignment
+	15, // 6: quorumq.fsm.v1.CatalogCommand.put_grant:type_name -> quorumq.fsm.v1.PutGrant
+	16, // 7: quorumq.fsm.v1.CatalogCommand.revoke_grant:type_name -> quorumq.fsm.v1.RevokeGrant
+	18, // 8: quorumq.fsm.v1.CatalogCommand.put_token:type_name -> quorumq.fsm.v1.PutToken
+	19, // 9: quorumq.fsm.v1.CatalogCommand.delete_token:type_name -> quorumq.fsm.v1.DeleteToken
+	21, // 10: quorumq.fsm.v1.CatalogCommand.rotate_receipt_key:type_name -> quorumq.fsm.v1.RotateReceiptKey
+	0,  // 11: quorumq.fsm.v1.NodeInfo.state:type_name -> quorumq.fsm.v1.NodeState
+	3,  // 12: quorumq.fsm.v1.UpsertNode.node:type_name -> quorumq.fsm.v1.NodeInfo
+	0,  // 13: quorumq.fsm.v1.SetNodeState.state:type_name -> quorumq.fsm.v1.NodeState
+	6,  // 14: quorumq.fsm.v1.PartitionAssignment.replicas:type_name -> quorumq.fsm.v1.Replica
+	22, // 15: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.Settings
+	7,  // 16: quorumq.fsm.v1.QueueInfo.partitions:type_name -> quorumq.fsm.v1.PartitionAssignment
+	22, // 17: quorumq.fsm.v1.CreateQueue.settings:type_name -> quorumq.fsm.v1.Settings
+	7,  // 18: quorumq.fsm.v1.CreateQueue.partitions:type_name -> quorumq.fsm.v1.PartitionAssignment
+	22, // 19: quorumq.fsm.v1.UpdateQueueSettings.settings:type_name -> quorumq.fsm.v1.Settings
+	6,  // 20: quorumq.fsm.v1.SetAssignment.replicas:type_name -> quorumq.fsm.v1.Replica
+	3,  // 21: quorumq.fsm.v1.CatalogSnapshot.nodes:type_name -> quorumq.fsm.v1.NodeInfo
+	8,  // 22: quorumq.fsm.v1.CatalogSnapshot.queues:type_name -> quorumq.fsm.v1.QueueInfo
+	14, // 23: quorumq.fsm.v1.CatalogSnapshot.grants:type_name -> quorumq.fsm.v1.Grant
+	17, // 24: quorumq.fsm.v1.CatalogSnapshot.tokens:type_name -> quorumq.fsm.v1.TokenInfo
+	20, // 25: quorumq.fsm.v1.CatalogSnapshot.receipt_keys:type_name -> quorumq.fsm.v1.ReceiptKey
+	1,  // 26: quorumq.fsm.v1.Grant.permission:type_name -> quorumq.fsm.v1.Permission
+	14, // 27: quorumq.fsm.v1.PutGrant.grant:type_name -> quorumq.fsm.v1.Grant
+	14, // 28: quorumq.fsm.v1.RevokeGrant.grant:type_name -> quorumq.fsm.v1.Grant
+	17, // 29: quorumq.fsm.v1.PutToken.token:type_name -> quorumq.fsm.v1.TokenInfo
+	30, // [30:30] is the sub-list for method output_type
+	30, // [30:30] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_quorumq_fsm_v1_catalog_proto_init() }
@@ -1211,14 +1884,19 @@ func file_quorumq_fsm_v1_catalog_proto_init() {
 		(*CatalogCommand_DeleteQueue)(nil),
 		(*CatalogCommand_UpdateQueueSettings)(nil),
 		(*CatalogCommand_SetAssignment)(nil),
+		(*CatalogCommand_PutGrant)(nil),
+		(*CatalogCommand_RevokeGrant)(nil),
+		(*CatalogCommand_PutToken)(nil),
+		(*CatalogCommand_DeleteToken)(nil),
+		(*CatalogCommand_RotateReceiptKey)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quorumq_fsm_v1_catalog_proto_rawDesc), len(file_quorumq_fsm_v1_catalog_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   12,
+			NumEnums:      2,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
