@@ -67,9 +67,23 @@ type Config struct {
 	// 32 bytes; 'quorumq certs gossip-key'). Used at first start; the
 	// keyring then lives in the data directory.
 	GossipKeyFile string
-	// Insecure: no TLS between nodes and no gossip encryption. Without it
-	// the four files above are required.
+	// Insecure: no TLS between nodes, no gossip encryption, no TLS and
+	// no authentication on the client port. Without it the four files
+	// above are required.
 	Insecure bool
+	// AdminIdentities are client identities (certificate names or token
+	// owners) that hold the admin permission whatever the grants say;
+	// nil: DefaultAdminIdentities.
+	AdminIdentities []string
+
+	// Limits no request can break (limits.go); zero fields take defaults.
+	Limits Limits
+	// DebugAddr, if set, serves pprof there, and only there (a bare port
+	// or ":port" binds 127.0.0.1). MetricsAddr, if set, serves /metrics
+	// there instead of on HTTPAddr.
+	DebugAddr, MetricsAddr string
+	// Reflection registers gRPC server reflection on the client port.
+	Reflection bool
 
 	// PeerDialer, if set, opens every connection this node makes to
 	// another node's peer port (Raft of every group, peer gRPC). Tests cut
@@ -89,6 +103,10 @@ const (
 	DefaultGossipPort = 7422
 	DefaultHTTPPort   = 7423
 )
+
+// DefaultAdminIdentities: the client identity 'quorumq dev' and the Helm
+// chart give their admin credential.
+var DefaultAdminIdentities = []string{"admin"}
 
 // Validate fills in defaults and checks the configuration.
 func (c *Config) Validate() error {
@@ -130,6 +148,20 @@ func (c *Config) Validate() error {
 		if len(missing) > 0 {
 			return fmt.Errorf("config: secure by default: %s missing (create them with 'quorumq certs'), or --insecure for a throwaway cluster",
 				strings.Join(missing, ", "))
+		}
+	}
+	if err := c.Limits.validate(); err != nil {
+		return err
+	}
+	if err := c.validateHTTP(); err != nil {
+		return err
+	}
+	if c.AdminIdentities == nil {
+		c.AdminIdentities = DefaultAdminIdentities
+	}
+	for _, a := range c.AdminIdentities {
+		if err := fsm.ValidIdentity(a); err != nil {
+			return fmt.Errorf("config: --admin-identities: %w", err)
 		}
 	}
 	if c.BootstrapExpect < 0 {

@@ -92,6 +92,11 @@ func (c *controller) propose(ctx context.Context, cmd *fsmv1.CatalogCommand) (*f
 
 // applyLocal proposes cmd on this node, which must lead the controller.
 func (c *controller) applyLocal(ctx context.Context, cmd *fsmv1.CatalogCommand) (*fsm.CatalogResult, error) {
+	release, err := c.admitQueueOp(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	cmd.Version = fsm.CatalogVersion
 	cmd.Stamp = time.Now().UnixNano()
 	data, err := proto.Marshal(cmd)
@@ -145,6 +150,9 @@ func (c *controller) runLeader(ctx context.Context) {
 // controller group: voters up to controllerVoters, non-voters after.
 // Members that left gracefully are taken out of the group.
 func (c *controller) reconcile(ctx context.Context) error {
+	if err := c.ensureReceiptKey(ctx); err != nil {
+		return err
+	}
 	members := c.n.gossip.members()
 	var nodes []*fsmv1.NodeInfo
 	c.read(func(cat *fsm.Catalog) { nodes = cat.Nodes() })
@@ -394,4 +402,28 @@ func (c *controller) balance(ctx context.Context) {
 	case res != nil && (res.GetMoves() > 0 || res.GetLeaderChanges() > 0):
 		c.log.Info("balance", "moves", res.GetMoves(), "preferred_leader_changes", res.GetLeaderChanges())
 	}
+}
+
+// ensureReceiptKey creates the cluster's first receipt signing key: a
+// cluster formed before keys existed, or a new one, gets one from its
+// first controller leader.
+func (c *controller) ensureReceiptKey(ctx context.Context) error {
+	var have bool
+	c.read(func(cat *fsm.Catalog) { have = len(cat.ReceiptKeys()) > 0 })
+	if have {
+		return nil
+	}
+	cmd, err := newReceiptKeyCommand()
+	if err != nil {
+		return err
+	}
+	res, err := c.applyLocal(ctx, withCatalogVersion(cmd))
+	if err != nil {
+		return fmt.Errorf("create the receipt key: %w", err)
+	}
+	if res.Code != fsm.CatalogOK {
+		return fmt.Errorf("create the receipt key: %v %s", res.Code, res.Detail)
+	}
+	c.log.Info("receipt signing key created", "key", res.KeyID)
+	return nil
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
@@ -208,12 +210,56 @@ func (c *testCluster) waitFor(what string, timeout time.Duration, cond func() bo
 // client connects to node i's client port.
 func (c *testCluster) client(i int) (qv1.QueueServiceClient, qv1.ClusterServiceClient) {
 	c.t.Helper()
-	cc, err := grpc.NewClient(c.nodes[i].ClientAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc := c.conn(i)
+	return qv1.NewQueueServiceClient(cc), qv1.NewClusterServiceClient(cc)
+}
+
+// conn opens a client connection to node i's client port, with the
+// credentials every test client uses (the admin's client certificate, or
+// none with an insecure cluster) and opts; it is closed at cleanup.
+func (c *testCluster) conn(i int, opts ...grpc.DialOption) *grpc.ClientConn {
+	c.t.Helper()
+	return c.connAs(i, "admin", opts...)
+}
+
+// clientTLS is a client TLS configuration with a client certificate
+// naming identity ("" = no client certificate).
+func (c *testCluster) clientTLS(identity string) *tls.Config {
+	c.t.Helper()
+	testTLSMu.Lock()
+	defer testTLSMu.Unlock()
+	l, err := pki.OpenLocal(filepath.Join(c.base, "tls"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	var f pki.Files
+	if identity != "" {
+		if f, err = l.Client(identity); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	cfg, err := pki.ClientTLSConfig(filepath.Join(l.Dir, pki.CACertFile), f.Cert, f.Key)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return cfg
+}
+
+// connAs connects to node i as identity (a client certificate naming it;
+// "" = none, for a token in opts or no credentials at all).
+func (c *testCluster) connAs(i int, identity string, opts ...grpc.DialOption) *grpc.ClientConn {
+	c.t.Helper()
+	creds := insecure.NewCredentials()
+	if !c.cfgs[i].Insecure {
+		creds = credentials.NewTLS(c.clientTLS(identity))
+	}
+	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, opts...)
+	cc, err := grpc.NewClient(c.nodes[i].ClientAddr(), opts...)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	c.t.Cleanup(func() { cc.Close() })
-	return qv1.NewQueueServiceClient(cc), qv1.NewClusterServiceClient(cc)
+	return cc
 }
 
 func ctxT(t testing.TB, d time.Duration) context.Context {

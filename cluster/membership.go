@@ -103,7 +103,9 @@ func newMembership(bind string, advertise string, self Meta, keyring *memberlist
 	// A Kubernetes pod comes back with its name and a new IP: once the old
 	// incarnation is dead, the name may be taken over.
 	c.DeadNodeReclaimTime = 10 * time.Second
-	c.Logger = log.New(&slogWriter{log: logger.With("component", "gossip")}, "", 0)
+	// A datagram that does not decrypt or decode makes memberlist log a
+	// line: anyone who reaches the port could fill the log (lograte.go).
+	c.Logger = log.New(newRateLimitedWriter(&slogWriter{log: logger.With("component", "gossip")}, gossipLogEvery), "", 0)
 	ml, err := memberlist.Create(c)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)

@@ -31,6 +31,10 @@ type metrics struct {
 	// admissionRefused: probes of gossiping nodes that did not prove
 	// their identity over mutual TLS.
 	admissionRefused atomic.Uint64
+	// authUnauthenticated: client calls refused for want of a valid
+	// identity, by what was presented; authForbidden: refused for want
+	// of a permission.
+	authNoCreds, authBadToken, authBadCert, authForbidden atomic.Uint64
 
 	mu       sync.Mutex
 	requests map[[2]string]uint64 // method, code
@@ -41,6 +45,19 @@ type latency struct {
 	count uint64
 	sum   float64
 }
+
+func (m *metrics) authFailed(what string) {
+	switch what {
+	case "token":
+		m.authBadToken.Add(1)
+	case "certificate":
+		m.authBadCert.Add(1)
+	default:
+		m.authNoCreds.Add(1)
+	}
+}
+
+func (m *metrics) authDenied() { m.authForbidden.Add(1) }
 
 func newMetrics() *metrics {
 	return &metrics{requests: map[[2]string]uint64{}, latency: map[string]*latency{}}
@@ -114,6 +131,9 @@ func (n *Node) writeMetrics(w io.Writer) {
 	}
 	fmt.Fprintf(w, "# TYPE quorumq_insecure gauge\nquorumq_insecure %d\n", insecure)
 	fmt.Fprintf(w, "# TYPE quorumq_admission_refused_total counter\nquorumq_admission_refused_total %d\n", m.admissionRefused.Load())
+	fmt.Fprintln(w, "# TYPE quorumq_client_calls_refused_total counter")
+	fmt.Fprintf(w, "quorumq_client_calls_refused_total{reason=\"no_credentials\"} %d\nquorumq_client_calls_refused_total{reason=\"bad_token\"} %d\nquorumq_client_calls_refused_total{reason=\"bad_certificate\"} %d\nquorumq_client_calls_refused_total{reason=\"permission_denied\"} %d\n",
+		m.authNoCreds.Load(), m.authBadToken.Load(), m.authBadCert.Load(), m.authForbidden.Load())
 	if n.tls != nil {
 		fmt.Fprintf(w, "# TYPE quorumq_tls_cert_expiry_timestamp_seconds gauge\nquorumq_tls_cert_expiry_timestamp_seconds %d\n", n.tls.NotAfter().Unix())
 		fmt.Fprintf(w, "# TYPE quorumq_tls_reloads_total counter\nquorumq_tls_reloads_total %d\n", n.tls.Reloads())

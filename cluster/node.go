@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -45,6 +46,9 @@ type Node struct {
 	keyring   *memberlist.Keyring
 	keyringMu sync.Mutex
 	admission admission
+	// access: the client port's access policy, compiled from the
+	// catalogue (auth.go).
+	access policyCache
 	// removed: this node learnt it was removed and left gossip (touched
 	// only by replicaLoop).
 	removed bool
@@ -58,16 +62,19 @@ type Node struct {
 	peers                    *peerClient
 	clientSrv, peerSrv       *grpc.Server
 	httpSrv                  *http.Server
+	otherHTTP                []*http.Server // metrics and debug listeners (http.go)
 	health                   *health.Server
 	gossip                   *membership
 	gossipReady              atomic.Pointer[membership] // gossip, for goroutines that may run before it is set
 	ctrl                     *controller
 	replicas                 *replicaSet
 	metrics                  *metrics
+	lim                      *nodeLimits
 	routes                   routes
 
 	// Advertised addresses.
 	clientAddr, peerAddr, httpAddr string
+	metricsAddr, debugAddr         string
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -84,7 +91,7 @@ func Start(cfg Config) (n *Node, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	n = &Node{cfg: cfg, metrics: newMetrics()}
+	n = &Node{cfg: cfg, metrics: newMetrics(), lim: newNodeLimits(cfg.Limits)}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	node := n // the returns below set n to nil
 	defer func() {
@@ -132,7 +139,10 @@ func Start(cfg Config) (n *Node, err error) {
 	n.peerAddr = cfg.advertise(cfg.PeerAddr, n.peerLn.Addr().(*net.TCPAddr).Port)
 	n.clientAddr = cfg.advertise(cfg.ClientAddr, n.clientLn.Addr().(*net.TCPAddr).Port)
 
-	n.mux = transport.NewMux(n.peerLn, n.log)
+	// Each port takes at most MaxConns connections at once; more wait to
+	// be accepted (in the kernel's backlog) until one closes.
+	n.clientLn = netutil.LimitListener(n.clientLn, cfg.Limits.MaxConns)
+	n.mux = transport.NewMux(netutil.LimitListener(n.peerLn, cfg.Limits.MaxConns), n.log)
 	var poolOpts []grpc.DialOption
 	if cfg.PeerDialer != nil {
 		n.mux.Dial = cfg.PeerDialer
@@ -177,9 +187,12 @@ func Start(cfg Config) (n *Node, err error) {
 	n.clientSrv = grpc.NewServer(append(n.clientLimitOptions(), n.clientSecurityOptions()...)...)
 	qv1.RegisterQueueServiceServer(n.clientSrv, &queueServer{n: n})
 	qv1.RegisterClusterServiceServer(n.clientSrv, &clusterServer{n: n})
+	qv1.RegisterAccessServiceServer(n.clientSrv, &accessServer{n: n})
 	n.health = health.NewServer()
 	healthpb.RegisterHealthServer(n.clientSrv, n.health)
-	reflection.Register(n.clientSrv)
+	if cfg.Reflection {
+		reflection.Register(n.clientSrv)
+	}
 
 	if err = n.replicas.startOnDisk(); err != nil {
 		return nil, err
@@ -191,9 +204,8 @@ func Start(cfg Config) (n *Node, err error) {
 	n.goRun(func() { _ = n.mux.Serve() })
 	n.goRun(func() { _ = n.peerSrv.Serve(n.mux.GRPCListener()) })
 	n.goRun(func() { _ = n.clientSrv.Serve(n.clientLn) })
-	if n.httpLn != nil {
-		n.httpSrv = &http.Server{Handler: n.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
-		n.goRun(func() { _ = n.httpSrv.Serve(n.httpLn) })
+	if err = n.serveHTTP(); err != nil {
+		return nil, err
 	}
 	n.goRun(func() { _ = n.gossip.join(n.ctx, cfg.Join) })
 	n.goRun(func() { n.bootstrapLoop(n.ctx) })
@@ -321,6 +333,9 @@ func (n *Node) close() error {
 	}
 	if n.httpSrv != nil {
 		errs = append(errs, n.httpSrv.Close())
+	}
+	for _, s := range n.otherHTTP {
+		errs = append(errs, s.Close())
 	}
 	if n.replicas != nil {
 		n.replicas.stopAll()

@@ -38,6 +38,11 @@ func (n *Node) createQueue(ctx context.Context, req *qv1.CreateQueueRequest) (*f
 	if parts > fsm.MaxQueuePartitions {
 		return nil, status.Errorf(codes.InvalidArgument, "%d partitions, at most %d", parts, fsm.MaxQueuePartitions)
 	}
+	// Refused here before anything is placed; the controller leader checks
+	// again, with its own limits, with the queue and replica caps.
+	if err := checkPartitions(n.cfg.Limits, int(parts)); err != nil {
+		return nil, err
+	}
 	alive := map[string]bool{}
 	for _, m := range n.gossip.members() {
 		alive[m.ID] = m.State == "alive"

@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -10,49 +12,112 @@ import (
 )
 
 // receipt is what a consumer holds for one lease. On the wire it is opaque:
-// "r1." + base64url(uvarint queue id, partition, seq, epoch). The queue id
-// makes a receipt of a deleted queue unknown to one re-created with the
-// same name.
+// "r2." + base64url(uvarint queue id, partition, seq, epoch, key id, then
+// the first 16 bytes of HMAC-SHA256 over those varints under receipt key
+// key id). The queue id makes a receipt of a deleted queue unknown to one
+// re-created with the same name; the MAC makes a receipt impossible to
+// guess or alter without the cluster's receipt key (catalogue,
+// RotateReceiptKey).
 type receipt struct {
 	queueID   uint64
 	partition uint32
 	seq       uint64
 	epoch     uint32
+	keyID     uint32
 }
 
-const receiptPrefix = "r1."
+const (
+	receiptPrefix = "r2."
+	receiptMACLen = 16
+	// maxReceiptLen bounds a receipt string: five varints and the MAC,
+	// base64url, with room to spare. Longer is refused at the edge.
+	maxReceiptLen = 128
+)
 
 var errBadReceipt = errors.New("malformed receipt")
 
-func (r receipt) String() string {
-	var b [4 * binary.MaxVarintLen64]byte
-	n := binary.PutUvarint(b[:], r.queueID)
-	n += binary.PutUvarint(b[n:], uint64(r.partition))
-	n += binary.PutUvarint(b[n:], r.seq)
-	n += binary.PutUvarint(b[n:], uint64(r.epoch))
-	return receiptPrefix + base64.RawURLEncoding.EncodeToString(b[:n])
+// receiptKeys are the receipt keys of one catalogue state.
+type receiptKeys struct {
+	keys    map[uint32][]byte
+	current uint32 // 0: none yet
 }
 
-func parseReceipt(s string) (receipt, error) {
-	if !strings.HasPrefix(s, receiptPrefix) || len(s) > 64 {
-		return receipt{}, fmt.Errorf("%w %q", errBadReceipt, s)
+func (k *receiptKeys) body(r receipt) []byte {
+	b := make([]byte, 0, 5*binary.MaxVarintLen64+receiptMACLen)
+	b = binary.AppendUvarint(b, r.queueID)
+	b = binary.AppendUvarint(b, uint64(r.partition))
+	b = binary.AppendUvarint(b, r.seq)
+	b = binary.AppendUvarint(b, uint64(r.epoch))
+	b = binary.AppendUvarint(b, uint64(r.keyID))
+	return b
+}
+
+func receiptMAC(key, body []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write(body)
+	return m.Sum(nil)[:receiptMACLen]
+}
+
+// sign returns r's wire form under the current key; ok is false when
+// the cluster has no receipt key yet.
+func (k *receiptKeys) sign(r receipt) (string, bool) {
+	key, ok := k.keys[k.current]
+	if !ok {
+		return "", false
+	}
+	r.keyID = k.current
+	b := k.body(r)
+	b = append(b, receiptMAC(key, b)...)
+	return receiptPrefix + base64.RawURLEncoding.EncodeToString(b), true
+}
+
+// receiptVerdict is what open makes of a receipt string.
+type receiptVerdict uint8
+
+const (
+	receiptValid receiptVerdict = iota
+	// receiptForged: malformed, of an older format, signed by a key
+	// retired or never made, or altered: refused like an unknown lease.
+	receiptForged
+	// receiptNewerKey: signed by a key this node's catalogue does not
+	// have yet (a rotation still on its way here): retry.
+	receiptNewerKey
+)
+
+// open checks s and returns the receipt it names.
+func (k *receiptKeys) open(s string) (receipt, receiptVerdict) {
+	if !strings.HasPrefix(s, receiptPrefix) || len(s) > maxReceiptLen {
+		return receipt{}, receiptForged
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s[len(receiptPrefix):])
-	if err != nil {
-		return receipt{}, fmt.Errorf("%w %q", errBadReceipt, s)
+	if err != nil || len(b) < receiptMACLen {
+		return receipt{}, receiptForged
 	}
-	var v [4]uint64
+	body, mac := b[:len(b)-receiptMACLen], b[len(b)-receiptMACLen:]
+	var v [5]uint64
+	rest := body
 	for i := range v {
-		x, n := binary.Uvarint(b)
+		x, n := binary.Uvarint(rest)
 		if n <= 0 {
-			return receipt{}, fmt.Errorf("%w %q", errBadReceipt, s)
+			return receipt{}, receiptForged
 		}
-		v[i], b = x, b[n:]
+		v[i], rest = x, rest[n:]
 	}
-	if len(b) != 0 || v[1] > 1<<31 || v[3] > 1<<32-1 {
-		return receipt{}, fmt.Errorf("%w %q", errBadReceipt, s)
+	if len(rest) != 0 || v[1] > 1<<31 || v[3] > 1<<32-1 || v[4] > 1<<32-1 {
+		return receipt{}, receiptForged
 	}
-	return receipt{queueID: v[0], partition: uint32(v[1]), seq: v[2], epoch: uint32(v[3])}, nil
+	r := receipt{queueID: v[0], partition: uint32(v[1]), seq: v[2], epoch: uint32(v[3]), keyID: uint32(v[4])}
+	key, ok := k.keys[r.keyID]
+	if !ok {
+		if r.keyID > k.current {
+			return receipt{}, receiptNewerKey
+		}
+		return receipt{}, receiptForged
+	}
+	if !hmac.Equal(mac, receiptMAC(key, body)) {
+		return receipt{}, receiptForged
+	}
+	return r, receiptValid
 }
 
 // messageID is "<partition>-<seq>".

@@ -93,6 +93,10 @@ func (s *peerServer) ProposeCatalog(ctx context.Context, req *peerv1.ProposeCata
 	if errors.As(err, &nle) {
 		return &peerv1.ProposeCatalogResponse{NotLeader: &peerv1.NotLeader{LeaderId: nle.Leader}}, nil
 	}
+	var le *LimitError
+	if errors.As(err, &le) {
+		return nil, le.status()
+	}
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}

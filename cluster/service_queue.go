@@ -90,7 +90,7 @@ func (s *queueServer) ListQueues(ctx context.Context, req *qv1.ListQueuesRequest
 			out = append(out, publicQueue(q))
 		}
 	})
-	return &qv1.ListQueuesResponse{Queues: out}, nil
+	return &qv1.ListQueuesResponse{Queues: s.n.visibleQueues(ctx, out)}, nil
 }
 
 // partitionFor picks a message's partition: by key, else by dedup id (so a
@@ -210,6 +210,10 @@ func (s *queueServer) Receive(ctx context.Context, req *qv1.ReceiveRequest) (*qv
 	if wait < 0 || wait > maxWait {
 		return nil, status.Errorf(codes.InvalidArgument, "wait %v outside [0, %v]", wait, maxWait)
 	}
+	sign, err := s.n.receiptSigner()
+	if err != nil {
+		return nil, err
+	}
 	deadline := time.Now().Add(wait)
 	parts := uint32(len(q.GetPartitions()))
 	start := uint32(s.rr.Add(1) % uint64(parts))
@@ -223,7 +227,7 @@ func (s *queueServer) Receive(ctx context.Context, req *qv1.ReceiveRequest) (*qv
 		// commit, not one per partition. The rotating start keeps any
 		// partition from always being served first.
 		if ready := s.n.readyPartitions(ctx, q, start); len(ready) > 0 {
-			out, err := s.n.receiveFrom(ctx, q, ready, max, cmd.GetReceive())
+			out, err := s.n.receiveFrom(ctx, q, ready, max, cmd.GetReceive(), sign)
 			if len(out) > 0 {
 				return &qv1.ReceiveResponse{Messages: out}, nil
 			}
@@ -275,7 +279,7 @@ func (n *Node) readyPartitions(ctx context.Context, q *fsmv1.QueueInfo, start ui
 // partitions as their counts allow (in the given order; each Receive is a
 // Raft write), all at once, the response's byte budget split between them.
 // It returns what it got; the error is the first failure, if any.
-func (n *Node) receiveFrom(ctx context.Context, q *fsmv1.QueueInfo, ready []readyCount, max uint32, tmpl *fsmv1.Receive) ([]*qv1.ReceivedMessage, error) {
+func (n *Node) receiveFrom(ctx context.Context, q *fsmv1.QueueInfo, ready []readyCount, max uint32, tmpl *fsmv1.Receive, sign func(receipt) string) ([]*qv1.ReceivedMessage, error) {
 	type share struct {
 		p   uint32
 		max uint32
@@ -306,7 +310,7 @@ func (n *Node) receiveFrom(ctx context.Context, q *fsmv1.QueueInfo, ready []read
 				return
 			}
 			for _, d := range res.Delivered {
-				got[i] = append(got[i], receivedMessage(q, p, d))
+				got[i] = append(got[i], receivedMessage(q, p, d, sign))
 			}
 		}()
 	}
@@ -343,9 +347,9 @@ func (n *Node) waitAnyReady(parent context.Context, q *fsmv1.QueueInfo, timeout 
 	return parent.Err()
 }
 
-func receivedMessage(q *fsmv1.QueueInfo, p uint32, d fsm.Delivery) *qv1.ReceivedMessage {
+func receivedMessage(q *fsmv1.QueueInfo, p uint32, d fsm.Delivery, sign func(receipt) string) *qv1.ReceivedMessage {
 	return &qv1.ReceivedMessage{
-		Receipt:       receipt{queueID: q.GetId(), partition: p, seq: d.Seq, epoch: d.Epoch}.String(),
+		Receipt:       sign(receipt{queueID: q.GetId(), partition: p, seq: d.Seq, epoch: d.Epoch}),
 		Partition:     p,
 		Seq:           d.Seq,
 		MessageId:     messageID(p, d.Seq),
@@ -375,13 +379,20 @@ func (s *queueServer) leaseOp(ctx context.Context, queue string, receipts []stri
 		refs []*fsmv1.LeaseRef
 	}
 	batches := map[uint32]*batch{}
+	keys := s.n.policy()
 	for i, rs := range receipts {
-		rc, err := parseReceipt(rs)
-		if err != nil {
-			return nil, status.Error(codes.InvalidArgument, invalidMessage(err))
+		if len(rs) > maxReceiptLen {
+			return nil, status.Errorf(codes.InvalidArgument, "%v: %d bytes, at most %d", errBadReceipt, len(rs), maxReceiptLen)
 		}
 		out[i] = &qv1.ReceiptResult{Receipt: rs, Status: qv1.ReceiptStatus_RECEIPT_STATUS_UNKNOWN}
-		if rc.queueID != q.GetId() || int(rc.partition) >= len(q.GetPartitions()) {
+		rc, verdict := keys.open(rs)
+		switch {
+		case verdict == receiptNewerKey:
+			out[i].Status = qv1.ReceiptStatus_RECEIPT_STATUS_UNAVAILABLE
+			continue
+		case verdict != receiptValid:
+			continue // guessed, altered, or signed by a retired key
+		case rc.queueID != q.GetId() || int(rc.partition) >= len(q.GetPartitions()):
 			continue // a receipt of another (deleted) queue
 		}
 		b := batches[rc.partition]
@@ -643,7 +654,10 @@ func toStatus(err error) error {
 	}
 	var ue *UnavailableError
 	var nle *NotLeaderError
+	var le *LimitError
 	switch {
+	case errors.As(err, &le):
+		return le.status()
 	case errors.As(err, &ue):
 		st := status.New(codes.Unavailable, err.Error())
 		if ue.Leader != "" {

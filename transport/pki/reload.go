@@ -240,3 +240,20 @@ func ExpectNode(node string) func(*x509.Certificate) error {
 		return nil
 	}
 }
+
+// ClientPortConfig is the TLS configuration of the client port: this
+// node's certificate, TLS 1.3; a client certificate is optional (a client
+// may authenticate with a token instead) but, when given, must chain to
+// the current CA bundle and allow client authentication.
+func (r *Reloader) ClientPortConfig() *tls.Config {
+	c := r.ServerConfig()
+	c.ClientAuth = tls.RequestClientCert
+	c.VerifyPeerCertificate = func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
+		if len(rawCerts) == 0 {
+			return nil
+		}
+		_, err := r.Verify(rawCerts, x509.ExtKeyUsageClientAuth)
+		return err
+	}
+	return c
+}
