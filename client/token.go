@@ -12,6 +12,15 @@ type tokenCreds struct{ header string }
 
 var _ credentials.PerRPCCredentials = tokenCreds{}
 
+// TokenCredentials are the per-call credentials WithToken uses, for
+// callers that dial quorumq with gRPC themselves
+// (grpc.WithPerRPCCredentials): "authorization: Bearer <token>" on every
+// call, over TLS only. A token that is empty or holds spaces or control
+// characters is refused (ErrInvalid).
+func TokenCredentials(token string) (credentials.PerRPCCredentials, error) {
+	return newTokenCreds(token)
+}
+
 // newTokenCreds checks token: it goes into a metadata value, which must be
 // printable ASCII on one line.
 func newTokenCreds(token string) (tokenCreds, error) {

@@ -18,19 +18,40 @@ import (
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
 )
 
-// runCLI runs the binary's command line in process, with no server.
+// runCLI runs the binary's command line in process, with no server, in an
+// empty environment but for QUORUMQ_CONFIG_DIR (never the user's own: see
+// TestMain).
 func runCLI(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	_, stdout, stderr, code = runCLIEnv(t, nil, stdin, args...)
+	return stdout, stderr, code
+}
+
+// runCLIEnv runs the command line with environment env (plus
+// QUORUMQ_CONFIG_DIR from the process's) and returns the app after the run.
+func runCLIEnv(t *testing.T, env map[string]string, stdin string, args ...string) (a *app, stdout, stderr string, code int) {
+	t.Helper()
 	var out, errOut bytes.Buffer
-	a := &app{
-		stdin:      strings.NewReader(stdin),
-		stdout:     &out,
-		stderr:     &errOut,
-		getenv:     func(string) string { return "" },
+	a = &app{
+		stdin:  strings.NewReader(stdin),
+		stdout: &out,
+		stderr: &errOut,
+		getenv: func(k string) string {
+			if v, ok := env[k]; ok {
+				return v
+			}
+			if k == configDirEnv {
+				return os.Getenv(k)
+			}
+			return ""
+		},
 		isTerminal: func() bool { return false },
 	}
+	if a.getenv(configDirEnv) == "" {
+		t.Fatalf("%s is not set: a test would use the user's own contexts", configDirEnv)
+	}
 	code = a.run(context.Background(), args)
-	return out.String(), errOut.String(), code
+	return a, out.String(), errOut.String(), code
 }
 
 func TestUsageErrors(t *testing.T) {

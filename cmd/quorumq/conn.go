@@ -10,7 +10,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumq/quorumq/client"
@@ -28,13 +27,14 @@ const maxRecvBytes = 256 << 20
 type failover struct {
 	mu    sync.Mutex
 	addrs []string
+	opts  []grpc.DialOption  // transport credentials and call credentials
 	conns []*grpc.ClientConn // opened on first use
 	cur   int
 }
 
 var _ grpc.ClientConnInterface = (*failover)(nil)
 
-func newFailover(servers []string) (*failover, error) {
+func newFailover(servers []string, opts []grpc.DialOption) (*failover, error) {
 	var addrs []string
 	for _, s := range servers {
 		if s = strings.TrimSpace(s); s != "" {
@@ -44,16 +44,15 @@ func newFailover(servers []string) (*failover, error) {
 	if len(addrs) == 0 {
 		return nil, errors.New("no servers: set --servers or QUORUMQ_SERVERS")
 	}
-	return &failover{addrs: addrs, conns: make([]*grpc.ClientConn, len(addrs))}, nil
+	return &failover{addrs: addrs, opts: opts, conns: make([]*grpc.ClientConn, len(addrs))}, nil
 }
 
 func (f *failover) conn(i int) (*grpc.ClientConn, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.conns[i] == nil {
-		cc, err := grpc.NewClient(f.addrs[i],
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)))
+		opts := append([]grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes))}, f.opts...)
+		cc, err := grpc.NewClient(f.addrs[i], opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -112,7 +111,15 @@ func (f *failover) Close() {
 // dial returns the connection to the cluster, opening it on first use.
 func (a *app) dial() (*failover, error) {
 	if a.conn == nil {
-		f, err := newFailover(a.servers)
+		s, err := a.connSettings()
+		if err != nil {
+			return nil, err
+		}
+		opts, err := s.dialOptions()
+		if err != nil {
+			return nil, err
+		}
+		f, err := newFailover(s.servers, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -142,10 +149,19 @@ func (a *app) callCtx(ctx context.Context, extra time.Duration) (context.Context
 	return context.WithTimeout(ctx, a.timeout+extra)
 }
 
-// goClient connects the Go client (routing, retries) to --servers, within
-// one call's deadline. Close it when done.
+// goClient connects the Go client (routing, retries) to --servers, with
+// the run's TLS and credentials, within one call's deadline. Close it when
+// done.
 func (a *app) goClient(ctx context.Context) (*client.Client, error) {
+	s, err := a.connSettings()
+	if err != nil {
+		return nil, err
+	}
+	opts, err := s.clientOptions()
+	if err != nil {
+		return nil, err
+	}
 	cctx, cancel := a.callCtx(ctx, 0)
 	defer cancel()
-	return client.New(cctx, a.servers, client.WithLogger(slog.Default()))
+	return client.New(cctx, s.servers, append(opts, client.WithLogger(slog.Default()))...)
 }

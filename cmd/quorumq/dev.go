@@ -10,13 +10,11 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/quorumq/quorumq/cluster"
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
@@ -46,11 +44,16 @@ and reused by the next run; delete the directory to start afresh.
 
 The cluster is secure as a production one is: the nodes talk mutual TLS with
 a throwaway CA, node certificates and gossip key created in --dir/tls (kept
-with the data). --insecure turns that off.`,
+with the data), and the client port wants TLS and a credential. dev issues
+the admin client certificate (--dir/tls/client-admin.pem), writes a context
+named "dev" (servers, CA, certificate) and selects it, so that client
+commands reach the cluster as admin with no flag. --insecure turns all of
+that off; the "dev" context then holds the servers only.`,
 		Example: `  quorumq dev
   quorumq dev --nodes 5 --dir ./data
   quorumq dev --base-port 8420 &
-  QUORUMQ_SERVERS=127.0.0.1:8420 quorumq cluster members`,
+  quorumq cluster members              # through the "dev" context
+  quorumq context show dev`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if nodes < 1 || nodes > 99 {
@@ -62,17 +65,27 @@ with the data). --insecure turns that off.`,
 			if dir == "" {
 				dir = filepath.Join(os.TempDir(), "quorumq-dev")
 			}
+			// The context stores absolute paths; the nodes do not care.
+			abs, err := filepath.Abs(dir)
+			if err != nil {
+				return err
+			}
+			dir = abs
 			cfgs, err := devConfigs(dir, nodes, basePort, insecure)
 			if err != nil {
 				return err
 			}
-			return a.dev(cmd.Context(), cfgs)
+			ctxCfg, err := devContext(dir, cfgs)
+			if err != nil {
+				return err
+			}
+			return a.dev(cmd.Context(), cfgs, ctxCfg)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "data directory of the nodes, one subdirectory each (default: $TMPDIR/quorumq-dev)")
 	cmd.Flags().IntVar(&nodes, "nodes", 3, "number of nodes")
 	cmd.Flags().IntVar(&basePort, "base-port", cluster.DefaultClientPort, "first port; node i uses base+10*i to base+10*i+3")
-	cmd.Flags().BoolVar(&insecure, "insecure", false, "no TLS between nodes and no gossip encryption")
+	cmd.Flags().BoolVar(&insecure, "insecure", false, "no TLS (client port, between nodes), no authentication, no gossip encryption")
 	return cmd
 }
 
@@ -119,9 +132,40 @@ func devConfigs(dir string, n, base int, insecure bool) ([]cluster.Config, error
 	return cfgs, nil
 }
 
+// devContextName is the context dev writes and selects.
+const devContextName = "dev"
+
+// devAdmin is the client name of the admin certificate dev issues (one of
+// cluster.DefaultAdminIdentities).
+const devAdmin = "admin"
+
+// devContext is the context of the cluster of cfgs: its client addresses,
+// and unless it is insecure, the CA and the admin client certificate
+// (issued in dir/tls if missing).
+func devContext(dir string, cfgs []cluster.Config) (*cliContext, error) {
+	c := &cliContext{}
+	for _, cfg := range cfgs {
+		c.Servers = append(c.Servers, cfg.ClientAddr)
+	}
+	if cfgs[0].Insecure {
+		return c, nil
+	}
+	local, err := pki.OpenLocal(filepath.Join(dir, "tls"))
+	if err != nil {
+		return nil, fmt.Errorf("dev TLS material: %w", err)
+	}
+	f, err := local.Client(devAdmin)
+	if err != nil {
+		return nil, fmt.Errorf("dev admin certificate: %w", err)
+	}
+	c.CA, c.Cert, c.Key = f.CA, f.Cert, f.Key
+	return c, nil
+}
+
 // dev starts the nodes, waits for them to form a cluster, and stops them
-// all gracefully on SIGINT or SIGTERM.
-func (a *app) dev(ctx context.Context, cfgs []cluster.Config) error {
+// all gracefully on SIGINT or SIGTERM. Its context is written and selected
+// once the nodes listen.
+func (a *app) dev(ctx context.Context, cfgs []cluster.Config, devCtx *cliContext) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	dir := filepath.Dir(cfgs[0].DataDir)
@@ -136,7 +180,27 @@ func (a *app) dev(ctx context.Context, cfgs []cluster.Config) error {
 		}
 		nodes = append(nodes, n)
 	}
-	leader, err := waitFormed(ctx, nodes[0].ClientAddr(), len(nodes))
+	store, err := a.contextStore()
+	if err == nil {
+		err = store.save(devContextName, devCtx)
+	}
+	if err == nil {
+		err = store.use(devContextName)
+	}
+	if err != nil {
+		return errors.Join(fmt.Errorf("writing the dev context: %w", err), stopAll(nodes))
+	}
+	how := "servers only: the cluster is insecure"
+	if devCtx.CA != "" {
+		how = "as " + devAdmin + ", with the certificate in " + filepath.Dir(devCtx.Cert)
+	}
+	fmt.Fprintf(a.stdout, "quorumq dev: context %q written to %s and selected (%s); client commands use it\n", devContextName, store.path(devContextName), how)
+
+	creds, err := (&connSettings{ca: devCtx.CA, cert: devCtx.Cert, key: devCtx.Key, tls: devCtx.CA != ""}).dialOptions()
+	if err != nil {
+		return errors.Join(err, stopAll(nodes))
+	}
+	leader, err := waitFormed(ctx, nodes[0].ClientAddr(), len(nodes), creds)
 	if err != nil {
 		if ctx.Err() != nil {
 			err = nil // interrupted while forming: just stop
@@ -144,17 +208,15 @@ func (a *app) dev(ctx context.Context, cfgs []cluster.Config) error {
 		return errors.Join(err, stopAll(nodes))
 	}
 
-	var servers []string
 	fmt.Fprintf(a.stdout, "quorumq dev: cluster of %d nodes is up, controller leader %s\n", len(nodes), leader)
 	t := newTable(a.stdout)
 	for _, n := range nodes {
-		servers = append(servers, n.ClientAddr())
 		t.row("  "+n.ID(), "client "+n.ClientAddr(), "http http://"+n.HTTPAddr()+"/")
 	}
 	_ = t.flush()
 	fmt.Fprintln(a.stdout, "Try:")
-	if nodes[0].ClientAddr() != net.JoinHostPort("127.0.0.1", strconv.Itoa(cluster.DefaultClientPort)) {
-		fmt.Fprintf(a.stdout, "  export QUORUMQ_SERVERS=%s\n", strings.Join(servers, ","))
+	if v := a.getenv(envName("context")); v != "" && v != devContextName {
+		fmt.Fprintf(a.stdout, "  unset %s   # it selects context %q instead\n", envName("context"), v)
 	}
 	fmt.Fprint(a.stdout, `  quorumq queue create demo --partitions 3
   echo hello | quorumq send demo
@@ -188,12 +250,12 @@ func stopAll(nodes []*cluster.Node) error {
 	return errors.Join(errs...)
 }
 
-// waitFormed polls the node at addr until it reports a controller leader
+// waitFormed polls the node at addr (dialled with opts) until it reports a controller leader
 // and n members, for at most formTimeout. It returns the leader's id.
-func waitFormed(ctx context.Context, addr string, n int) (string, error) {
+func waitFormed(ctx context.Context, addr string, n int, opts []grpc.DialOption) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, formTimeout)
 	defer cancel()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return "", err
 	}

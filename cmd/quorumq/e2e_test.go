@@ -31,6 +31,15 @@ var binary string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
+	// No test reads or writes the user's contexts: commands run in process
+	// and the binaries started here keep their CLI files in a directory of
+	// their own (tests that need a fresh one set theirs).
+	cfgDir, err := os.MkdirTemp("", "quorumq-cli-config-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Setenv(configDirEnv, cfgDir)
 	var dir string
 	if !testing.Short() {
 		var err error
@@ -51,12 +60,16 @@ func TestMain(m *testing.M) {
 	if dir != "" {
 		_ = os.RemoveAll(dir)
 	}
+	_ = os.RemoveAll(cfgDir)
 	os.Exit(code)
 }
 
-// cleanEnv is the environment without QUORUMQ_* variables.
+// cleanEnv is the environment without QUORUMQ_* variables, but for
+// QUORUMQ_CONFIG_DIR (the test's, never the user's).
 func cleanEnv() []string {
-	return slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "QUORUMQ_") })
+	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "QUORUMQ_") && !strings.HasPrefix(kv, configDirEnv+"=")
+	})
 }
 
 // result of one run of the binary.
@@ -138,8 +151,12 @@ type devCluster struct {
 	waitErr error
 }
 
+// startDev starts `quorumq dev`. Its "dev" context (admin certificate) is
+// written to a config directory of the test's own, which every later
+// quorumq(t, ...) of the test uses.
 func startDev(t *testing.T, nodes int) *devCluster {
 	t.Helper()
+	t.Setenv(configDirEnv, t.TempDir())
 	base := freeBase(t, 10*nodes)
 	d := &devCluster{dir: t.TempDir(), servers: fmt.Sprintf("127.0.0.1:%d", base), exited: make(chan struct{})}
 	d.logPath = filepath.Join(t.TempDir(), "dev.log")
