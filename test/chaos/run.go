@@ -114,7 +114,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster not ready: %w", err)
 	}
-	cli, err := client.New(ctx, c.Addrs())
+	adminTLS, err := c.AdminTLS()
+	if err != nil {
+		return nil, err
+	}
+	var opts []client.Option
+	if adminTLS != nil {
+		opts = append(opts, client.WithTLS(adminTLS))
+	}
+	cli, err := client.New(ctx, c.Addrs(), opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -363,8 +363,8 @@ func TestQuorumq(t *testing.T) {
 		t.Error("second Start of a running node: no error")
 	}
 	wait("forming")
-	cli(t, ctx, bin, c.ClientAddr(1), "queue", "create", "netns", "--partitions", "2")
-	cli(t, ctx, bin, c.ClientAddr(3), "send", "netns", "hello-netns")
+	cli(t, ctx, c, bin, c.ClientAddr(1), "queue", "create", "netns", "--partitions", "2")
+	cli(t, ctx, c, bin, c.ClientAddr(3), "send", "netns", "hello-netns")
 
 	if err := c.Kill(2); err != nil {
 		t.Fatal(err)
@@ -379,7 +379,7 @@ func TestQuorumq(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait("after kill and restart of n2")
-	if out := cli(t, ctx, bin, c.ClientAddr(2), "cluster", "members"); strings.Count(out, `"gossipState":"alive"`) != 3 {
+	if out := cli(t, ctx, c, bin, c.ClientAddr(2), "cluster", "members"); strings.Count(out, `"gossipState":"alive"`) != 3 {
 		t.Errorf("members seen by n2 after its restart, want 3 alive:\n%s", out)
 	}
 
@@ -404,7 +404,7 @@ func TestQuorumq(t *testing.T) {
 
 	// Sent through n3 before n2's kill, received through n1 after it all.
 	want := base64.StdEncoding.EncodeToString([]byte("hello-netns"))
-	if out := cli(t, ctx, bin, c.ClientAddr(1), "recv", "netns", "--ack", "--wait", "10s"); !strings.Contains(out, want) {
+	if out := cli(t, ctx, c, bin, c.ClientAddr(1), "recv", "netns", "--ack", "--wait", "10s"); !strings.Contains(out, want) {
 		t.Errorf("recv through n1: %s, want the message sent through n3", out)
 	}
 
@@ -422,7 +422,7 @@ func TestQuorumq(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait("after n3 came back as n3b")
-	if out := cli(t, ctx, bin, c.ClientAddr(3), "cluster", "status"); !strings.Contains(out, `"nodeId":"n3b"`) {
+	if out := cli(t, ctx, c, bin, c.ClientAddr(3), "cluster", "status"); !strings.Contains(out, `"nodeId":"n3b"`) {
 		t.Errorf("status of n3 after StartAs: %s", out)
 	}
 
@@ -445,11 +445,15 @@ func TestQuorumq(t *testing.T) {
 // cli runs a quorumq client command against server (from the root
 // namespace) until it succeeds, for up to a minute: a node just restarted
 // may still answer UNAVAILABLE. It returns the JSON output.
-func cli(t *testing.T, ctx context.Context, bin, server string, args ...string) string {
+func cli(t *testing.T, ctx context.Context, c *Cluster, bin, server string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	args = append([]string{"--servers", server, "-o", "json", "--timeout", "20s"}, args...)
+	creds, err := c.AdminCLIArgs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	args = append(append([]string{"--servers", server, "-o", "json", "--timeout", "20s"}, creds...), args...)
 	for {
 		cmd := exec.CommandContext(ctx, bin, args...)
 		cmd.Env = serverEnv()

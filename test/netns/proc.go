@@ -2,6 +2,7 @@ package netns
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -370,4 +371,42 @@ func (c *Cluster) Wipe(i int) error {
 	}
 	c.logf("wipe n%d", i)
 	return os.RemoveAll(c.DataDir(i))
+}
+
+// AdminCLIArgs are the CLI flags that make a quorumq client command the
+// cluster's admin (client certificate "admin"); none with Insecure.
+func (c *Cluster) AdminCLIArgs() ([]string, error) {
+	if c.cfg.Insecure {
+		return nil, nil
+	}
+	f, err := c.adminFiles()
+	if err != nil {
+		return nil, err
+	}
+	return []string{"--ca", f.CA, "--cert", f.Cert, "--key", f.Key}, nil
+}
+
+// AdminTLS is the client TLS configuration of the cluster's admin (client
+// certificate "admin"); nil with Insecure.
+func (c *Cluster) AdminTLS() (*tls.Config, error) {
+	if c.cfg.Insecure {
+		return nil, nil
+	}
+	f, err := c.adminFiles()
+	if err != nil {
+		return nil, err
+	}
+	return pki.ClientTLSConfig(f.CA, f.Cert, f.Key)
+}
+
+func (c *Cluster) adminFiles() (pki.Files, error) {
+	l, err := pki.OpenLocal(c.TLSDir())
+	if err != nil {
+		return pki.Files{}, fmt.Errorf("netns: TLS material: %w", err)
+	}
+	f, err := l.Client("admin")
+	if err != nil {
+		return pki.Files{}, fmt.Errorf("netns: admin certificate: %w", err)
+	}
+	return f, nil
 }

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/quorumq/quorumq/client"
 	"github.com/quorumq/quorumq/cluster"
@@ -77,7 +77,15 @@ func startClusterIn(t *testing.T, size int, dir string) (*client.Client, []*clus
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c, err := client.New(ctx, seeds)
+	admin, err := tlsDir.Client("admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminTLS, err := pki.ClientTLSConfig(admin.CA, admin.Cert, admin.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(ctx, seeds, client.WithTLS(adminTLS))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +94,7 @@ func startClusterIn(t *testing.T, size int, dir string) (*client.Client, []*clus
 	// gossip and in the catalogue (a node places a new queue's replicas on
 	// the nodes it sees so).
 	for _, addr := range seeds {
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(adminTLS)))
 		if err != nil {
 			t.Fatal(err)
 		}
