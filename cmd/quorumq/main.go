@@ -161,6 +161,7 @@ selected one completes what neither a flag nor QUORUMQ_<NAME> sets.
 		a.receiptCmd(rejectOp),
 		a.dlqCmd(),
 		a.clusterCmd(),
+		a.aclCmd(),
 		a.certsCmd(),
 		a.contextCmd(),
 		a.healthCmd(),

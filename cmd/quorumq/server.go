@@ -30,6 +30,9 @@ var serverKeys = []string{
 	"node-id", "data-dir", "client-addr", "peer-addr", "gossip-addr", "http-addr",
 	"advertise-host", "join", "bootstrap-expect", "zone", "replace-after", "balance-interval", "auto-rebalance",
 	"tls-ca", "tls-cert", "tls-key", "gossip-key-file", "insecure",
+	"max-conns", "max-streams-per-conn", "handshake-timeout", "idle-timeout",
+	"max-queues", "max-partitions-per-queue", "max-replicas-per-node", "queue-ops-rate",
+	"debug-addr", "metrics-addr", "reflection", "admin-identities",
 }
 
 // serverFlags holds the server command's flags.
@@ -53,6 +56,11 @@ type serverFlags struct {
 	tlsKey          string
 	gossipKeyFile   string
 	insecure        bool
+	adminIDs        []string
+	limits          cluster.Limits
+	debugAddr       string
+	metricsAddr     string
+	reflection      bool
 }
 
 func (s *serverFlags) register(fs *pflag.FlagSet) {
@@ -74,7 +82,20 @@ func (s *serverFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&s.tlsCert, "tls-cert", "", "this node's certificate, naming its node id ('quorumq certs node'; required unless --insecure)")
 	fs.StringVar(&s.tlsKey, "tls-key", "", "this node's private key (required unless --insecure)")
 	fs.StringVar(&s.gossipKeyFile, "gossip-key-file", "", "gossip encryption key, base64 ('quorumq certs gossip-key'; used at first start, then the keyring in the data directory; required unless --insecure)")
-	fs.BoolVar(&s.insecure, "insecure", false, "no TLS between nodes and no gossip encryption: anyone who reaches the ports owns the cluster (throwaway clusters only)")
+	fs.IntVar(&s.limits.MaxConns, "max-conns", cluster.DefaultMaxConns, "open connections of the client port, and of the peer port, each; more wait to be accepted")
+	fs.Uint32Var(&s.limits.MaxStreamsPerConn, "max-streams-per-conn", cluster.DefaultMaxStreamsPerConn, "concurrent calls on one client connection")
+	fs.DurationVar(&s.limits.HandshakeTimeout, "handshake-timeout", cluster.DefaultHandshakeTimeout, "a client connection that has not finished its TLS and HTTP/2 handshake by then is closed")
+	fs.DurationVar(&s.limits.IdleTimeout, "idle-timeout", cluster.DefaultIdleTimeout,
+		"a client connection without a call this long is closed (clients may ping every 10s at most; an idle one is pinged after 1m and closed when it does not answer in 20s)")
+	fs.IntVar(&s.limits.MaxQueues, "max-queues", cluster.DefaultMaxQueues, "queues in the cluster (the controller leader's value counts)")
+	fs.IntVar(&s.limits.MaxPartitionsPerQueue, "max-partitions-per-queue", cluster.DefaultMaxPartitionsPerQueue, "partitions of one queue (at most 1024)")
+	fs.IntVar(&s.limits.MaxReplicasPerNode, "max-replicas-per-node", cluster.DefaultMaxReplicasPerNode, "partition replicas placed on one node (each costs about 1.5 MiB of memory when idle)")
+	fs.Float64Var(&s.limits.QueueOpsRate, "queue-ops-rate", cluster.DefaultQueueOpsRate, "queue creations and deletions per second, cluster-wide, bursts of twice that")
+	fs.StringVar(&s.debugAddr, "debug-addr", "", `serve pprof on this address, and only there (off by default; "6060" or ":6060" binds 127.0.0.1; profiles of at most 60s)`)
+	fs.StringVar(&s.metricsAddr, "metrics-addr", "", "serve /metrics on this address instead of on --http-addr")
+	fs.BoolVar(&s.reflection, "reflection", false, "register gRPC server reflection on the client port (for grpcurl and the like)")
+	fs.BoolVar(&s.insecure, "insecure", false, "no TLS between nodes, no gossip encryption, no TLS and no authentication for clients: anyone who reaches the ports owns the cluster (throwaway clusters only)")
+	fs.StringSliceVar(&s.adminIDs, "admin-identities", cluster.DefaultAdminIdentities, "client identities (certificate names, token owners) that are always admin, whatever the grants say")
 }
 
 // load completes the flags that the command line left alone from the
@@ -130,6 +151,11 @@ func (s *serverFlags) clusterConfig() (cluster.Config, error) {
 		TLSKeyFile:      s.tlsKey,
 		GossipKeyFile:   s.gossipKeyFile,
 		Insecure:        s.insecure,
+		AdminIdentities: s.adminIDs,
+		Limits:          s.limits,
+		DebugAddr:       s.debugAddr,
+		MetricsAddr:     s.metricsAddr,
+		Reflection:      s.reflection,
 	}, nil
 }
 
@@ -142,7 +168,12 @@ func (a *app) serverCmd() *cobra.Command {
 what it leads, leave gossip, finish in-flight requests (at most 30 s).
 
 Settings come from flags, then QUORUMQ_<NAME> environment variables, then the
-YAML file named by --config (keys are the flag names), then the defaults.`,
+YAML file named by --config (keys are the flag names), then the defaults.
+
+Fixed limits of the client port: an Enqueue request is at most 9 MiB and 1000
+messages, any other request 1 MiB and 1000 receipts or ids; larger ones are
+refused before they are decoded. HTTP servers: 10s to send the headers, 30s
+to read a request and to write an answer, 2m idle.`,
 		Example: `  # A throwaway cluster without TLS: the first of three nodes; the others join it:
   quorumq server --insecure --data-dir /var/lib/quorumq --node-id q1 --bootstrap-expect 3
   quorumq server --insecure --data-dir /var/lib/quorumq --node-id q2 --bootstrap-expect 3 --join q1:7422
