@@ -231,3 +231,80 @@ func TestLocalClient(t *testing.T) {
 		t.Error("a client name with '/' was accepted")
 	}
 }
+
+// TestClientTLSConfigFollowsRotation: a client built once follows its
+// files as servers do: a CA rotation (bundle old+new, then new only) with
+// new server and client certificates keeps working without a new config.
+func TestClientTLSConfigFollowsRotation(t *testing.T) {
+	dir := t.TempDir()
+	oldLocal, err := OpenLocal(filepath.Join(dir, "old"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	newLocal, err := OpenLocal(filepath.Join(dir, "new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldNode, _ := oldLocal.Node("n1")
+	newNode, _ := newLocal.Node("n1")
+	oldAdmin, err := oldLocal.Client("admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	newAdmin, err := newLocal.Client("admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientReloadInterval = 0 // look at the files on every handshake
+	t.Cleanup(func() { clientReloadInterval = DefaultReloadInterval })
+	if err := os.MkdirAll(filepath.Join(dir, "client"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// The client's own files, rewritten in place as an operator would.
+	read := func(p string) []byte {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ca := writePEM(t, filepath.Join(dir, "client", "ca.pem"), read(oldAdmin.CA))
+	cert := writePEM(t, filepath.Join(dir, "client", "admin.pem"), read(oldAdmin.Cert))
+	key := writePEM(t, filepath.Join(dir, "client", "admin-key.pem"), read(oldAdmin.Key))
+	cfg, err := ClientTLSConfig(ca, cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan []string, 100)
+	// The servers trust both CAs during the rotation.
+	both := writePEM(t, filepath.Join(dir, "both.pem"), append(read(oldAdmin.CA), read(newAdmin.CA)...))
+	oldSrv := clientPortServer(t, Files{CA: both, Cert: oldNode.Cert, Key: oldNode.Key}, seen)
+	newSrv := clientPortServer(t, Files{CA: both, Cert: newNode.Cert, Key: newNode.Key}, seen)
+	if serr, cerr := handshake(oldSrv, cfg); serr != nil || cerr != nil {
+		t.Fatalf("before the rotation: %v / %v", serr, cerr)
+	}
+	if _, cerr := handshake(newSrv, cfg); cerr == nil {
+		t.Fatal("a server of the new CA was accepted before the client trusts it")
+	}
+	// The client gets the new CA and certificate.
+	writePEM(t, ca, append(read(oldAdmin.CA), read(newAdmin.CA)...))
+	writePEM(t, cert, read(newAdmin.Cert))
+	writePEM(t, key, read(newAdmin.Key))
+	for len(seen) > 0 {
+		<-seen
+	}
+	// The next handshake uses them: it presents the new certificate.
+	if serr, cerr := handshake(newSrv, cfg); serr != nil || cerr != nil {
+		t.Fatalf("the client did not pick up the new CA and certificate: %v / %v", serr, cerr)
+	}
+	if got := <-seen; !slices.Equal(got, []string{"admin"}) {
+		t.Fatalf("server saw %v", got)
+	}
+	// A half-written file is ignored: the last good material stays.
+	if err := os.WriteFile(cert, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if serr, cerr := handshake(newSrv, cfg); serr != nil || cerr != nil {
+		t.Fatalf("after a broken file: %v / %v", serr, cerr)
+	}
+}
