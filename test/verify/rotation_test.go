@@ -101,6 +101,18 @@ func TestWorkloadAcrossTLSRotation(t *testing.T) {
 		writeNode(n.ID(), iss)
 		waitServed(t, n.PeerAddr(), newClient, iss.Cert.SerialNumber.String())
 	}
+	// The workload's client (the admin, on the same CA bundle file) gets
+	// a certificate of the new CA too, and re-reads its files within
+	// pki.DefaultReloadInterval; the workload goes on meanwhile.
+	adminIss, err := newCA.IssueClient("admin", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	atomicWrite(t, filepath.Join(tlsDir, "client-admin-key.pem"), adminIss.KeyPEM)
+	atomicWrite(t, filepath.Join(tlsDir, "client-admin.pem"), adminIss.CertPEM)
+	for reloaded := time.Now().Add(2 * pki.DefaultReloadInterval); time.Now().Before(reloaded); {
+		waitOps("while the client's certificate is replaced")
+	}
 	waitOps("with certificates of the new CA")
 	// 4. The old CA leaves the bundle: its certificates are refused.
 	atomicWrite(t, filepath.Join(tlsDir, pki.CACertFile), newCA.CertPEM)
