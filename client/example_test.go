@@ -10,12 +10,17 @@ import (
 )
 
 // The examples run against an in-process three-node cluster; testSeeds
-// returns its nodes' client addresses. A program passes a few of its own,
-// e.g. []string{"quorumq-0.quorumq:7420", "quorumq-1.quorumq:7420"}.
+// returns its nodes' client addresses and testTLS its client TLS
+// configuration. A program passes a few addresses of its own, e.g.
+// []string{"quorumq-0.quorumq:7420", "quorumq-1.quorumq:7420"}, and
+// builds its TLS configuration from the cluster's CA and its own
+// certificate:
+//
+//	tlsCfg, err := pki.ClientTLSConfig("ca.pem", "worker.pem", "worker-key.pem")
 
 func ExampleClient_Enqueue() {
 	ctx := context.Background()
-	c, err := client.New(ctx, testSeeds())
+	c, err := client.New(ctx, testSeeds(), client.WithTLS(testTLS()))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -48,7 +53,7 @@ func ExampleClient_Enqueue() {
 
 func ExampleProducer() {
 	ctx := context.Background()
-	c, err := client.New(ctx, testSeeds())
+	c, err := client.New(ctx, testSeeds(), client.WithTLS(testTLS()))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -80,7 +85,7 @@ func ExampleProducer() {
 
 func ExampleClient_Consume() {
 	ctx := context.Background()
-	c, err := client.New(ctx, testSeeds())
+	c, err := client.New(ctx, testSeeds(), client.WithTLS(testTLS()))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -125,7 +130,7 @@ func ExampleClient_Consume() {
 
 func ExampleClient_ListDeadLetters() {
 	ctx := context.Background()
-	c, err := client.New(ctx, testSeeds())
+	c, err := client.New(ctx, testSeeds(), client.WithTLS(testTLS()))
 	if err != nil {
 		log.Fatal(err)
 	}

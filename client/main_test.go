@@ -3,6 +3,7 @@ package client_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"os"
@@ -40,6 +41,10 @@ func TestMain(m *testing.M) {
 type testCluster struct {
 	dir   string
 	nodes []*cluster.Node
+	// tls is the client port's TLS, as the admin client (its certificate
+	// names "admin", an admin identity by default).
+	tls    *tls.Config
+	caFile string
 }
 
 // testLogger is silent unless QUORUMQ_TEST_LOG is set: a crash makes
@@ -66,6 +71,14 @@ func startClusterWith(size int, prefix string, logger *slog.Logger) (*testCluste
 	c := &testCluster{dir: dir}
 	tlsDir, err := pki.OpenLocal(filepath.Join(dir, "tls"))
 	if err != nil {
+		return nil, err
+	}
+	admin, err := tlsDir.Client("admin")
+	if err != nil {
+		return nil, err
+	}
+	c.caFile = admin.CA
+	if c.tls, err = pki.ClientTLSConfig(admin.CA, admin.Cert, admin.Key); err != nil {
 		return nil, err
 	}
 	for i := range size {
@@ -114,7 +127,7 @@ func (c *testCluster) waitFormed(size int, timeout time.Duration) error {
 	for {
 		ok := true
 		for _, addr := range c.seeds() {
-			if !nodeFormed(ctx, addr, size) {
+			if !nodeFormed(ctx, addr, size, c.tls) {
 				ok = false
 				break
 			}
@@ -130,10 +143,10 @@ func (c *testCluster) waitFormed(size int, timeout time.Duration) error {
 	}
 }
 
-func nodeFormed(ctx context.Context, addr string, size int) bool {
+func nodeFormed(ctx context.Context, addr string, size int, tlsCfg *tls.Config) bool {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	c, err := client.New(ctx, []string{addr}, client.WithRetry(1, time.Millisecond, time.Millisecond))
+	c, err := client.New(ctx, []string{addr}, client.WithTLS(tlsCfg), client.WithRetry(1, time.Millisecond, time.Millisecond))
 	if err != nil {
 		return false
 	}
@@ -210,8 +223,18 @@ func testSeeds() []string {
 	return c.seeds()
 }
 
-// newTestClient connects to the shared cluster; the client is closed when
-// the test ends.
+// testTLS is the shared cluster's client TLS configuration (the admin
+// client's certificate), for examples.
+func testTLS() *tls.Config {
+	c, err := sharedCluster()
+	if err != nil {
+		panic(err)
+	}
+	return c.tls
+}
+
+// newTestClient connects to the shared cluster as the admin client; the
+// client is closed when the test ends.
 func newTestClient(t *testing.T, opts ...client.Option) (*client.Client, *testCluster) {
 	t.Helper()
 	tc, err := sharedCluster()
@@ -225,7 +248,7 @@ func connect(t *testing.T, tc *testCluster, opts ...client.Option) *client.Clien
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.New(ctx, tc.seeds(), opts...)
+	c, err := client.New(ctx, tc.seeds(), append([]client.Option{client.WithTLS(tc.tls)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

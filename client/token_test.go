@@ -202,3 +202,58 @@ func TestWithTokenRefusals(t *testing.T) {
 		}
 	}
 }
+
+// Against a secure cluster: a token authenticates the client; a bad token
+// or none is refused as unauthenticated.
+func TestWithTokenAgainstCluster(t *testing.T) {
+	tc, err := sharedCluster()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(tc.seeds()[0], grpc.WithTransportCredentials(credentials.NewTLS(tc.tls)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	tok, err := qv1.NewAccessServiceClient(cc).CreateToken(ctxT(t, 10*time.Second), &qv1.CreateTokenRequest{Identity: "admin", Description: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Server-authenticated TLS only: the CA, no client certificate.
+	caOnly, err := pki.ClientTLSConfig(tc.caFile, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A new token is effective on every node once each applied it (within
+	// a second): wait for that.
+	creds, err := client.TokenCredentials(tok.GetToken())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range tc.seeds() {
+		nc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(caOnly)), grpc.WithPerRPCCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the token known on "+addr, 10*time.Second, func() bool {
+			w, err := qv1.NewAccessServiceClient(nc).WhoAmI(ctxT(t, 2*time.Second), &qv1.WhoAmIRequest{})
+			return err == nil && w.GetIdentity() == "admin" && w.GetMethod() == "token"
+		})
+		nc.Close()
+	}
+	c := connect(t, tc, client.WithTLS(caOnly), client.WithToken(tok.GetToken()))
+	q := queueName(t)
+	createQueue(t, c, q, client.QueueOptions{Partitions: 1})
+	if _, err := c.Enqueue(ctxT(t, 10*time.Second), q, &client.Message{Payload: []byte("x")}); err != nil {
+		t.Fatalf("enqueue with a token: %v", err)
+	}
+	for name, opts := range map[string][]client.Option{
+		"bad token":     {client.WithTLS(caOnly), client.WithToken(tok.GetToken() + "x")},
+		"no credential": {client.WithTLS(caOnly)},
+	} {
+		_, err := client.New(ctxT(t, 10*time.Second), tc.seeds(), append(opts, client.WithRetry(1, time.Millisecond, time.Millisecond))...)
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "unauthenticated") {
+			t.Errorf("%s: %v; want unauthenticated", name, err)
+		}
+	}
+}
