@@ -166,7 +166,7 @@ func (a *app) explain(ctx context.Context, err error) error {
 	case code == codes.Unauthenticated:
 		return fmt.Errorf("%w (the credential came from %s)", err, s.source())
 	case strings.Contains(msg, "first record does not look like a TLS handshake"):
-		return fmt.Errorf("%w; the server does not speak TLS (started with --insecure?) but the %s ask for it: drop --ca, --cert, --key and --token (--context '' ignores the selected context) or select another context (quorumq context use NAME)", err, s.source())
+		return fmt.Errorf("%w; the server does not speak TLS (started with --insecure?) but a CA is set (settings from %s): drop --ca, --cert, --key and --token (--context '' ignores the selected context) or select another context (quorumq context use NAME)", err, s.source())
 	case !s.tls && (code == codes.Unavailable || errors.Is(err, client.ErrUnavailable)):
 		for _, addr := range s.servers {
 			if speaksTLS(ctx, strings.TrimSpace(addr)) {
