@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"context"
 	"encoding/json"
 	"errors"
@@ -303,6 +304,52 @@ func TestEndToEnd(t *testing.T) {
 	if st := got.GetStats(); st.GetAckedTotal() != 3 || st.GetReady() != 0 || st.GetLeased() != 0 {
 		t.Errorf("after recv --ack: stats %v, want 3 acked and none ready or leased", st)
 	}
+
+	t.Run("acl", func(t *testing.T) {
+		// A worker with a token that may consume demo and nothing else.
+		if r := q("acl", "grant", "worker", "consume", "--queue", "demo"); r.code != 0 {
+			t.Fatalf("acl grant: %v", r)
+		}
+		r := q("acl", "token", "create", "worker", "-o", "table")
+		tok := strings.TrimSpace(r.stdout)
+		if r.code != 0 || !strings.HasPrefix(tok, "qq_") {
+			t.Fatalf("acl token create: %v", r)
+		}
+		if r := q("send", "demo", "for-the-worker"); r.code != 0 {
+			t.Fatalf("send: %v", r)
+		}
+		worker := func(args ...string) result {
+			t.Helper()
+			return q(append([]string{"--context", "", "--ca", filepath.Join(d.dir, "tls", "ca.pem"), "--token", tok}, args...)...)
+		}
+		deadline := time.Now().Add(10 * time.Second) // the token holds everywhere within a second
+		for {
+			r := worker("recv", "demo", "--wait", "2s", "--ack", "-o", "json")
+			if r.code == 0 && strings.Contains(r.stdout, base64.StdEncoding.EncodeToString([]byte("for-the-worker"))) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("worker recv: %v", r)
+			}
+		}
+		for what, args := range map[string][]string{
+			"send":  {"send", "demo", "x"},
+			"purge": {"queue", "purge", "demo"},
+			"drain": {"cluster", "drain", "dev2"},
+			"grant": {"acl", "grant", "worker", "admin"},
+		} {
+			if r := worker(args...); r.code != 1 || !oneLine(r) || !strings.Contains(r.stderr, "permission denied") {
+				t.Errorf("worker %s: %v; want exit 1, permission denied", what, r)
+			}
+		}
+		// Without any credential: refused, saying what to do.
+		if r := q("--context", "", "--ca", filepath.Join(d.dir, "tls", "ca.pem"), "queue", "list"); r.code != 1 || !strings.Contains(r.stderr, "unauthenticated") {
+			t.Errorf("anonymous queue list: %v; want exit 1, unauthenticated", r)
+		}
+		if r := q("acl", "list", "-o", "table"); r.code != 0 || !strings.Contains(r.stdout, "worker") || !strings.Contains(r.stdout, "queue demo") {
+			t.Errorf("acl list: %v", r)
+		}
+	})
 
 	t.Run("errors", func(t *testing.T) {
 		if r := q("send", "nosuch", "x"); r.code != 1 || !oneLine(r) || !strings.Contains(r.stderr, "not found") {
