@@ -31,7 +31,7 @@ import (
 // dials mutual TLS. It does nothing with Config.Insecure.
 func (n *Node) setupSecurity() error {
 	if n.cfg.Insecure {
-		n.log.Warn("INSECURE: no TLS between nodes and no gossip encryption; anyone who reaches the peer or gossip port owns this cluster. Use --insecure only for throwaway clusters.")
+		n.log.Warn("INSECURE: no TLS between nodes, no gossip encryption, no TLS and no authentication for clients; anyone who reaches a port owns this cluster. Use --insecure only for throwaway clusters.")
 		return nil
 	}
 	r, err := pki.NewReloader(pki.Files{CA: n.cfg.TLSCAFile, Cert: n.cfg.TLSCertFile, Key: n.cfg.TLSKeyFile}, n.log.With("component", "tls"))
