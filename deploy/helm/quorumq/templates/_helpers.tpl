@@ -146,3 +146,108 @@ the DNS form the server reads (<pod>.node.quorumq).
 {{- end -}}
 {{- toJson $names -}}
 {{- end -}}
+
+{{/*
+The Secret holding the admin's client certificate (tls.crt, tls.key; a
+kubernetes.io/tls Secret): auth.admin.existingSecret, else the chart's
+<fullname>-admin where the chart can make one (generated TLS, cert-manager),
+else "" (tls.existingSecret without auth.admin.existingSecret; insecure).
+*/}}
+{{- define "quorumq.adminSecret" -}}
+{{- $source := include "quorumq.tlsSource" . -}}
+{{- if eq $source "insecure" -}}
+{{- else if .Values.auth.admin.existingSecret -}}
+{{- .Values.auth.admin.existingSecret -}}
+{{- else if or (eq $source "generated") (eq $source "certManager") -}}
+{{- printf "%s-admin" (include "quorumq.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the chart makes the admin certificate itself ("true" or ""). */}}
+{{- define "quorumq.adminGenerated" -}}
+{{- if and (not .Values.auth.admin.existingSecret) (ne (include "quorumq.tlsSource" .) "insecure") (include "quorumq.adminSecret" .) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+Checks the auth values; renders nothing. Identities: 1 to 128 of letters,
+digits and . _ - @ : (the server's rule); a client certificate's name
+allows no @.
+*/}}
+{{- define "quorumq.checkAuth" -}}
+{{- $source := include "quorumq.tlsSource" . -}}
+{{- $auth := .Values.auth -}}
+{{- $idRe := "^[A-Za-z0-9._@:-]{1,128}$" -}}
+{{- range .Values.extraArgs -}}
+{{- $flag := trimPrefix "-" (trimPrefix "-" (toString .)) -}}
+{{- if or (hasPrefix "admin-identities" $flag) (hasPrefix "metrics-addr" $flag) -}}
+{{- fail (printf "extraArgs: %s is set by the chart; use the values auth.adminIdentities and metrics.port instead" .) -}}
+{{- end -}}
+{{- end -}}
+{{- range .Values.extraEnv -}}
+{{- if or (eq .name "QUORUMQ_ADMIN_IDENTITIES") (eq .name "QUORUMQ_METRICS_ADDR") -}}
+{{- fail (printf "extraEnv: %s is set by the chart's flags; use the values auth.adminIdentities and metrics.port instead" .name) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $auth.adminIdentities -}}
+{{- fail "auth.adminIdentities is empty: name at least one identity (default admin); only an admin can grant anything" -}}
+{{- end -}}
+{{- range $auth.adminIdentities -}}
+{{- if not (regexMatch $idRe (toString .)) -}}
+{{- fail (printf "auth.adminIdentities: %q is no identity (1 to 128 letters, digits and . _ - @ :)" (toString .)) -}}
+{{- end -}}
+{{- end -}}
+{{- if include "quorumq.adminGenerated" . -}}
+{{- if not (regexMatch "^[A-Za-z0-9._:-]{1,128}$" (toString $auth.admin.name)) -}}
+{{- fail (printf "auth.admin.name: %q is no client name (1 to 128 letters, digits and . _ - :)" (toString $auth.admin.name)) -}}
+{{- end -}}
+{{- if not (has (toString $auth.admin.name) $auth.adminIdentities) -}}
+{{- fail (printf "auth.admin.name %q is not one of auth.adminIdentities %v: the chart's admin certificate would be no admin" (toString $auth.admin.name) $auth.adminIdentities) -}}
+{{- end -}}
+{{- if or (lt (int $auth.admin.days) 1) (gt (int $auth.admin.days) 3650) -}}
+{{- fail (printf "auth.admin.days: %v, want 1 to 3650" $auth.admin.days) -}}
+{{- end -}}
+{{- end -}}
+{{- $m := int .Values.metrics.port -}}
+{{- if or (lt $m 1) (gt $m 65535) (has $m (list 7420 7421 7422 7423)) -}}
+{{- fail (printf "metrics.port %v: want a port of its own (not 7420 to 7423)" .Values.metrics.port) -}}
+{{- end -}}
+{{- if $auth.grants -}}
+{{- if eq $source "insecure" -}}
+{{- fail "auth.grants with insecure: true: an insecure cluster checks no permissions; drop the grants or insecure" -}}
+{{- end -}}
+{{- if not (include "quorumq.adminSecret" .) -}}
+{{- fail "auth.grants: the hook Job that makes them needs an admin credential, and with tls.existingSecret the chart cannot sign one: create a client certificate named admin (quorumq certs client --name admin) in a kubernetes.io/tls Secret and name it in auth.admin.existingSecret" -}}
+{{- end -}}
+{{- range $i, $g := $auth.grants -}}
+{{- $where := printf "auth.grants[%d]" $i -}}
+{{- if not (kindIs "map" $g) -}}
+{{- fail (printf "%s: want {identity, permission, queue or prefix}" $where) -}}
+{{- end -}}
+{{- range $k, $_ := $g -}}
+{{- if not (has $k (list "identity" "permission" "queue" "prefix")) -}}
+{{- fail (printf "%s: unknown key %q (identity, permission, queue, prefix)" $where $k) -}}
+{{- end -}}
+{{- end -}}
+{{- if not (regexMatch $idRe (toString (index $g "identity" | default ""))) -}}
+{{- fail (printf "%s: identity %q: want 1 to 128 letters, digits and . _ - @ :" $where (toString (index $g "identity" | default ""))) -}}
+{{- end -}}
+{{- $perm := toString (index $g "permission" | default "") -}}
+{{- if not (has $perm (list "produce" "consume" "manage" "admin")) -}}
+{{- fail (printf "%s: permission %q: want produce, consume, manage or admin" $where $perm) -}}
+{{- end -}}
+{{- $hasQueue := hasKey $g "queue" -}}
+{{- $hasPrefix := hasKey $g "prefix" -}}
+{{- if eq $perm "admin" -}}
+{{- if or $hasQueue $hasPrefix -}}
+{{- fail (printf "%s: an admin grant names no queue or prefix" $where) -}}
+{{- end -}}
+{{- else if eq $hasQueue $hasPrefix -}}
+{{- fail (printf "%s: %s names exactly one of queue (that queue) or prefix (queues whose names start with it)" $where $perm) -}}
+{{- else if and $hasQueue (not (toString $g.queue)) -}}
+{{- fail (printf "%s: queue is empty" $where) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
