@@ -501,7 +501,7 @@ func admits(rule networkingv1.NetworkPolicyIngressRule, c corev1.Container, port
 }
 
 // checkNetworkPolicy: peer and gossip traffic only from the release's own
-// pods; client and HTTP from anywhere.
+// pods; client and HTTP from anywhere (metrics: checkMetrics).
 func checkNetworkPolicy(t *testing.T, r *release, c corev1.Container, pod labels.Set, w want) {
 	t.Helper()
 	if !w.netpol {
@@ -590,12 +590,13 @@ func checkServiceMonitor(t *testing.T, r *release, headless, client *corev1.Serv
 		if e.Path != "/metrics" {
 			t.Errorf("ServiceMonitor path %q, want /metrics", e.Path)
 		}
+		// /metrics has a port of its own (--metrics-addr), not 7423.
 		found := false
 		for _, sp := range headless.Spec.Ports {
-			found = found || (sp.Name == e.Port && sp.Port == httpPort)
+			found = found || (sp.Name == e.Port && sp.Port == w.metrics())
 		}
 		if !found {
-			t.Errorf("ServiceMonitor port %q is not the headless Service's HTTP port", e.Port)
+			t.Errorf("ServiceMonitor port %q is not the headless Service's metrics port %d", e.Port, w.metrics())
 		}
 	}
 }

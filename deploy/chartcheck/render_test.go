@@ -15,6 +15,7 @@ import (
 	"helm.sh/helm/v3/pkg/lint/support"
 	"helm.sh/helm/v3/pkg/releaseutil"
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -45,6 +46,7 @@ type release struct {
 	monitors []*monitoringv1.ServiceMonitor
 	secrets  []*corev1.Secret
 	certs    []*certificate  // cert-manager Certificates
+	jobs     []*batchv1.Job  // Helm hook Jobs
 	objects  []metav1.Object // all of the above
 	notes    string
 }
@@ -187,6 +189,9 @@ func (r *release) decode(file string, doc []byte) error {
 	case "v1 Secret":
 		o := &corev1.Secret{}
 		r.secrets, obj = append(r.secrets, o), o
+	case "batch/v1 Job":
+		o := &batchv1.Job{}
+		r.jobs, obj = append(r.jobs, o), o
 	case "cert-manager.io/v1 Certificate":
 		o := &certificate{}
 		r.certs, obj = append(r.certs, o), o

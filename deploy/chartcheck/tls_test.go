@@ -126,6 +126,9 @@ func checkTLS(t *testing.T, r *release, sts *appsv1.StatefulSet, c corev1.Contai
 	var want []string
 	if w.tls == tlsGenerated {
 		want = append(want, sts.Name+"-ca", sts.Name+"-tls")
+		if w.adminSecret == "" {
+			want = append(want, sts.Name+"-admin")
+		}
 	}
 	if w.gossipSecret == "" {
 		want = append(want, sts.Name+"-gossip")
@@ -227,10 +230,20 @@ func secretFile(t *testing.T, spec corev1.PodSpec, c corev1.Container, args []st
 // asked, into the Secret the pods mount.
 func checkCertificate(t *testing.T, r *release, sts *appsv1.StatefulSet, headless *corev1.Service, secret string, w want) {
 	t.Helper()
-	if len(r.certs) != 1 {
-		t.Fatalf("%d cert-manager Certificates, want 1", len(r.certs))
+	var node *certificate
+	for _, c := range r.certs {
+		if c.Name == sts.Name {
+			node = c
+		}
 	}
-	cs := r.certs[0].Spec
+	wantCerts := 2 // the pods' and the admin's
+	if w.adminSecret != "" {
+		wantCerts = 1
+	}
+	if len(r.certs) != wantCerts || node == nil {
+		t.Fatalf("%d cert-manager Certificates, want %d, one named %s", len(r.certs), wantCerts, sts.Name)
+	}
+	cs := node.Spec
 	if cs.SecretName != secret {
 		t.Errorf("Certificate secretName %q, but the pods mount %q", cs.SecretName, secret)
 	}
@@ -386,6 +399,7 @@ func TestTLSUpgrade(t *testing.T) {
 	same("upgrade", first, again, "qq-quorumq-ca", "tls.crt", "tls.key")
 	same("upgrade", first, again, "qq-quorumq-tls", "ca.crt", "tls.crt", "tls.key")
 	same("upgrade", first, again, "qq-quorumq-gossip", "key")
+	same("upgrade", first, again, "qq-quorumq-admin", "ca.crt", "tls.crt", "tls.key")
 
 	scaled, err := upgrade(t, "qq", "replicas: 5\nbootstrapExpect: 3", first.secrets)
 	if err != nil {
@@ -394,6 +408,7 @@ func TestTLSUpgrade(t *testing.T) {
 	same("scale up", first, scaled, "qq-quorumq-ca", "tls.crt", "tls.key")
 	same("scale up", first, scaled, "qq-quorumq-tls", "ca.crt")
 	same("scale up", first, scaled, "qq-quorumq-gossip", "key")
+	same("scale up", first, scaled, "qq-quorumq-admin", "ca.crt", "tls.crt", "tls.key")
 	if bytes.Equal(data(first, "qq-quorumq-tls", "tls.crt"), data(scaled, "qq-quorumq-tls", "tls.crt")) {
 		t.Error("scale up to 5: the certificate was kept, and names only the first 3 pods")
 	}
@@ -426,6 +441,10 @@ func TestTLSUpgrade(t *testing.T) {
 		t.Error("CA Secret deleted: the CA was not generated again")
 	}
 	parse(renewed, 3) // signed by the new CA, which ca.crt holds
+	if bytes.Equal(data(first, "qq-quorumq-admin", "tls.crt"), data(renewed, "qq-quorumq-admin", "tls.crt")) {
+		t.Error("new CA: the admin certificate was kept, signed by the old CA")
+	}
+	checkGeneratedAdmin(t, renewed, renewed.sts[0], defaults) // and chains to the new one
 	same("new CA", first, renewed, "qq-quorumq-gossip", "key")
 
 	// Two fresh installs share nothing.
@@ -433,9 +452,57 @@ func TestTLSUpgrade(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range [][2]string{{"qq-quorumq-ca", "tls.key"}, {"qq-quorumq-tls", "tls.key"}, {"qq-quorumq-gossip", "key"}} {
+	for _, k := range [][2]string{{"qq-quorumq-ca", "tls.key"}, {"qq-quorumq-tls", "tls.key"}, {"qq-quorumq-gossip", "key"}, {"qq-quorumq-admin", "tls.key"}} {
 		if bytes.Equal(data(first, k[0], k[1]), data(other, k[0], k[1])) {
 			t.Errorf("two installs got the same %s of %s", k[1], k[0])
 		}
 	}
+}
+
+// TestAdminRenewal: an upgrade keeps the chart's admin certificate while it
+// has more than 30 days left and signs a new one (same CA, same name)
+// after that, or when auth.admin.name changes.
+func TestAdminRenewal(t *testing.T) {
+	first, err := render(t, "qq", "", newKube)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expiring := func(days int) []*corev1.Secret {
+		var out []*corev1.Secret
+		for _, s := range first.secrets {
+			s = s.DeepCopy()
+			if s.Name == "qq-quorumq-admin" {
+				s.Annotations["quorumq.io/not-after"] = fmt.Sprint(time.Now().Add(time.Duration(days) * 24 * time.Hour).Unix())
+			}
+			out = append(out, s)
+		}
+		return out
+	}
+	crt := func(r *release) []byte { return r.secret("qq-quorumq-admin").Data["tls.crt"] }
+	kept, err := upgrade(t, "qq", "", expiring(40))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(crt(first), crt(kept)) {
+		t.Error("40 days before expiry: the admin certificate was signed again")
+	}
+	renewed, err := upgrade(t, "qq", "", expiring(20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(crt(first), crt(renewed)) {
+		t.Error("20 days before expiry: the admin certificate was kept")
+	}
+	leaf := checkGeneratedAdmin(t, renewed, renewed.sts[0], defaults)
+	if time.Until(leaf.NotAfter) < 364*24*time.Hour {
+		t.Errorf("renewed admin certificate expires %v, want a year from now", leaf.NotAfter)
+	}
+	if !bytes.Equal(first.secret("qq-quorumq-ca").Data["tls.crt"], renewed.secret("qq-quorumq-admin").Data["ca.crt"]) {
+		t.Error("the renewed admin certificate's ca.crt is not the kept CA")
+	}
+	renamed, err := upgrade(t, "qq", "auth: {adminIdentities: [admin, ops], admin: {name: ops}}", first.secrets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGeneratedAdmin(t, renamed, renamed.sts[0], with(func(w *want) { w.admins, w.adminName = []string{"admin", "ops"}, "ops" }))
 }
