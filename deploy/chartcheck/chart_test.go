@@ -83,8 +83,9 @@ auth:
     - {identity: worker, permission: consume, queue: orders}
     - {identity: billing-api, permission: produce, prefix: "billing."}
     - {identity: ops@example.com, permission: admin}
+    - {identity: auditor, permission: manage, allQueues: true}
 `, want: with(func(w *want) {
-		w.grants = []grant{{"worker", "consume", "--queue=orders"}, {"billing-api", "produce", "--prefix=billing."}, {"ops@example.com", "admin", ""}}
+		w.grants = []grant{{"worker", "consume", "--queue=orders"}, {"billing-api", "produce", "--prefix=billing."}, {"ops@example.com", "admin", ""}, {"auditor", "manage", "--all-queues"}}
 	})},
 	{name: "one grant, cert-manager", values: `
 tls: {certManager: {issuerRef: {name: quorumq-ca}}}
@@ -174,6 +175,9 @@ func TestChartRefuses(t *testing.T) {
 		{"a grant of an unknown permission", "auth: {grants: [{identity: w, permission: read, queue: q}]}", "want produce, consume, manage or admin"},
 		{"a grant with queue and prefix", "auth: {grants: [{identity: w, permission: consume, queue: q, prefix: p}]}", "names exactly one of queue"},
 		{"a grant on no queue", "auth: {grants: [{identity: w, permission: produce}]}", "names exactly one of queue"},
+		{"a grant of an empty prefix", "auth: {grants: [{identity: w, permission: consume, prefix: \"\"}]}", "say allQueues: true"},
+		{"a grant on all queues and a queue", "auth: {grants: [{identity: w, permission: consume, queue: q, allQueues: true}]}", "names exactly one of queue"},
+		{"a grant of allQueues: false", "auth: {grants: [{identity: w, permission: consume, allQueues: false}]}", "want true, or leave it out"},
 		{"an admin grant on a queue", "auth: {grants: [{identity: w, permission: admin, queue: q}]}", "an admin grant names no queue"},
 		{"a grant with a misspelt key", "auth: {grants: [{identity: w, permission: consume, queu: q}]}", "unknown key \"queu\""},
 		{"a grant of a bad identity", "auth: {grants: [{identity: \"\", permission: consume, queue: q}]}", "identity \"\""},

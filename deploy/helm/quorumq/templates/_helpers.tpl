@@ -226,8 +226,8 @@ allows no @.
 {{- fail (printf "%s: want {identity, permission, queue or prefix}" $where) -}}
 {{- end -}}
 {{- range $k, $_ := $g -}}
-{{- if not (has $k (list "identity" "permission" "queue" "prefix")) -}}
-{{- fail (printf "%s: unknown key %q (identity, permission, queue, prefix)" $where $k) -}}
+{{- if not (has $k (list "identity" "permission" "queue" "prefix" "allQueues")) -}}
+{{- fail (printf "%s: unknown key %q (identity, permission, queue, prefix, allQueues)" $where $k) -}}
 {{- end -}}
 {{- end -}}
 {{- if not (regexMatch $idRe (toString (index $g "identity" | default ""))) -}}
@@ -237,16 +237,24 @@ allows no @.
 {{- if not (has $perm (list "produce" "consume" "manage" "admin")) -}}
 {{- fail (printf "%s: permission %q: want produce, consume, manage or admin" $where $perm) -}}
 {{- end -}}
-{{- $hasQueue := hasKey $g "queue" -}}
-{{- $hasPrefix := hasKey $g "prefix" -}}
-{{- if eq $perm "admin" -}}
-{{- if or $hasQueue $hasPrefix -}}
-{{- fail (printf "%s: an admin grant names no queue or prefix" $where) -}}
+{{- $scopes := 0 -}}
+{{- range $k := list "queue" "prefix" "allQueues" -}}
+{{- if hasKey $g $k -}}
+{{- $scopes = add1 $scopes -}}
 {{- end -}}
-{{- else if eq $hasQueue $hasPrefix -}}
-{{- fail (printf "%s: %s names exactly one of queue (that queue) or prefix (queues whose names start with it)" $where $perm) -}}
-{{- else if and $hasQueue (not (toString $g.queue)) -}}
+{{- end -}}
+{{- if eq $perm "admin" -}}
+{{- if $scopes -}}
+{{- fail (printf "%s: an admin grant names no queue, prefix or allQueues" $where) -}}
+{{- end -}}
+{{- else if ne (int $scopes) 1 -}}
+{{- fail (printf "%s: %s names exactly one of queue (that queue), prefix (queues whose names start with it) or allQueues: true" $where $perm) -}}
+{{- else if and (hasKey $g "queue") (not (toString $g.queue)) -}}
 {{- fail (printf "%s: queue is empty" $where) -}}
+{{- else if and (hasKey $g "prefix") (not (toString $g.prefix)) -}}
+{{- fail (printf "%s: prefix is empty: for every queue, say allQueues: true" $where) -}}
+{{- else if and (hasKey $g "allQueues") (not (eq (toString $g.allQueues) "true")) -}}
+{{- fail (printf "%s: allQueues: %v: want true, or leave it out" $where $g.allQueues) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
