@@ -3,10 +3,14 @@
 #
 #   1. build the image (make image) and the CLI;
 #   2. start the three-node cluster under a project name of its own;
-#   3. wait until every node sees 3 members and a controller leader, is
-#      ready, and its container is healthy; check that every node runs with
-#      TLS and the gossip key (made by the compose file's one-shot certs
-#      services) and that running those again keeps the certificates;
+#   3. copy the CA and the admin credential (made by the compose file's
+#      one-shot certs services) out of the volume; every call below uses
+#      them (TLS against the CA, the admin's client certificate); wait until
+#      every node sees 3 members and a controller leader, is ready, and its
+#      container is healthy; check that every node runs with TLS and the
+#      gossip key, that running the certs services again keeps the
+#      certificates, and that the client port refuses plaintext and calls
+#      without a credential;
 #   4. create a queue, send through one node and receive through another;
 #   5. send a second batch, kill the controller leader's container, then
 #      receive that batch and send and receive a third through the survivors;
@@ -48,7 +52,8 @@ fail() {
   exit 1
 }
 
-# Always: remove the project's containers, network and volumes.
+creds="" # a temporary directory: the CLI's credentials and config
+# Always: remove the project's containers, network and volumes, and creds.
 cleanup() {
   local rc=$?
   if [ "$rc" != 0 ]; then
@@ -56,6 +61,7 @@ cleanup() {
     dc logs --no-color --tail 40 2>&1 || true
   fi
   dc down -v --remove-orphans -t 15 >/dev/null 2>&1 || dc down -v --remove-orphans -t 15 || true
+  [ -z "$creds" ] || rm -rf "$creds"
   if [ "$rc" = 0 ]; then
     log "PASS"
     echo "smoke: 1 passed, 0 failed"
@@ -74,11 +80,28 @@ if [ "${SMOKE_SKIP_BUILD:-}" != 1 ]; then
 fi
 log "building the CLI (bin/quorumq)"
 "${GO:-go}" build -o bin/quorumq ./cmd/quorumq
-qq() { "$root/bin/quorumq" --timeout 5s "$@"; }
 built=$(date +%s)
+
+# The CLI's contexts live here, not in the user's config directory, and no
+# selected context of the user's completes the flags below.
+creds=$(mktemp -d)
+export QUORUMQ_CONFIG_DIR="$creds/config"
+unset QUORUMQ_CONTEXT QUORUMQ_CA QUORUMQ_CERT QUORUMQ_KEY QUORUMQ_TOKEN QUORUMQ_SERVERS
+# qq: the CLI as the admin, over TLS, from the context "smoke" made below
+# (a context, not --key: on send, --key is the partition key).
+qq() { "$root/bin/quorumq" --context smoke --timeout 5s "$@"; }
 
 log "starting project $project"
 dc up -d --no-build
+
+# The CA and the admin's client certificate, from the volume certs (the
+# nodes mount it read-only; certs-admin made admin.pem before they started).
+umask 077
+for f in ca.pem admin.pem admin-key.pem; do
+  docker cp "$(dc ps -q q1):/etc/quorumq/certs/$f" - | tar -xOf - >"$creds/$f" || fail "cannot copy $f out of q1"
+  [ -s "$creds/$f" ] || fail "$f from q1 is empty"
+done
+umask 022
 
 port() {
   local p
@@ -89,6 +112,8 @@ port() {
 declare -A addr
 for s in q1 q2 q3; do addr[$s]=$(port "$s"); done
 log "client ports: q1=${addr[q1]} q2=${addr[q2]} q3=${addr[q3]}"
+"$root/bin/quorumq" context add smoke --servers "${addr[q1]},${addr[q2]},${addr[q3]}" \
+  --ca "$creds/ca.pem" --cert "$creds/admin.pem" --key "$creds/admin-key.pem" >/dev/null
 
 # wait_for SECONDS CMD...: run CMD every half second until it succeeds
 # (status 0) or SECONDS have passed (status 1).
@@ -139,7 +164,24 @@ ca_pem() { docker cp "$(dc ps -q q1):/etc/quorumq/certs/ca.pem" - | tar -xOf -; 
 ca_before=$(ca_pem) || fail "cannot read ca.pem from q1"
 dc run --rm -T --no-deps certs-ca >/dev/null || fail "certs-ca, run again, failed (it should keep the existing CA)"
 [ "$(ca_pem)" = "$ca_before" ] || fail "certs-ca, run again, replaced the CA"
+admin_before=$(cat "$creds/admin.pem")
+dc run --rm -T --no-deps certs-admin >/dev/null || fail "certs-admin, run again, failed (it should keep the existing certificate)"
+docker cp "$(dc ps -q q1):/etc/quorumq/certs/admin.pem" - | tar -xOf - | cmp -s - <(printf '%s\n' "$admin_before") ||
+  fail "certs-admin, run again, replaced the admin certificate"
 log "nodes run with TLS and the gossip key; the certs services keep existing files"
+
+# The client port: TLS only, and no call without a credential. Health stays
+# open (the containers' health checks use it with the CA alone).
+anon() { "$root/bin/quorumq" --timeout 5s "$@"; }
+if out=$(anon --servers "${addr[q1]}" queue create anon-plaintext 2>&1); then
+  fail "a plaintext client created a queue: $out"
+fi
+if out=$(anon --servers "${addr[q1]}" --ca "$creds/ca.pem" queue create anon-tls 2>&1); then
+  fail "a client without a credential created a queue: $out"
+fi
+grep -qi "unauthenticated\|credential" <<<"$out" || fail "a call without a credential failed, but not as unauthenticated: $out"
+anon health --addr "${addr[q1]}" --ca "$creds/ca.pem" >/dev/null || fail "health over TLS without a credential refused"
+log "client port: plaintext and anonymous calls refused, health open"
 
 qq --servers "${addr[q1]}" queue create smoke --partitions 3 >/dev/null
 
