@@ -204,7 +204,11 @@ func (c *recvLimits) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
-	return proto.Unmarshal(buf.ReadOnlyData(), m)
+	if err := proto.Unmarshal(buf.ReadOnlyData(), m); err != nil {
+		// Bad input, not a server fault: INVALID_ARGUMENT, not INTERNAL.
+		c.refused.Store(v, status.Errorf(codes.InvalidArgument, "malformed %s: %v", m.ProtoReflect().Descriptor().Name(), err))
+	}
+	return nil
 }
 
 // checkRequest refuses a request larger than its method's limit

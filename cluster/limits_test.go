@@ -97,7 +97,8 @@ func TestCheckRequest(t *testing.T) {
 		{"1001 receipts", receipts(fsm.MaxBatchMessages + 1), nil, &qv1.AckRequest{}, codes.InvalidArgument},
 		{"ack over 1 MiB", big, nil, &qv1.AckRequest{}, codes.ResourceExhausted},
 		{"enqueue over 9 MiB", nil, make([]byte, publishMsgBytes+1), &qv1.EnqueueRequest{}, codes.ResourceExhausted},
-		// Malformed: not refused here, proto.Unmarshal refuses it.
+		// Malformed: not refused here; proto.Unmarshal refuses it (the codec
+		// turns that into INVALID_ARGUMENT too).
 		{"truncated", nil, []byte{0x12, 0x05, 0x00}, &qv1.EnqueueRequest{}, codes.OK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

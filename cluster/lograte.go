@@ -28,6 +28,8 @@ type rateLimitedWriter struct {
 
 	mu   sync.Mutex
 	keys map[string]*logKind
+	// limited counts the lines subject to the limit, written or not.
+	limited int
 }
 
 type logKind struct {
@@ -46,15 +48,16 @@ func (r *rateLimitedWriter) Write(b []byte) (int, error) {
 	}
 	now := r.now()
 	r.mu.Lock()
+	r.limited++
 	key := logKey(line)
 	k, ok := r.keys[key]
-	if !ok && len(r.keys) >= maxLogKeys {
+	if !ok && len(r.keys) >= maxLogKeys-1 { // one left for "other"
 		for kk, v := range r.keys {
 			if now.Sub(v.last) >= r.every && v.suppressed == 0 {
 				delete(r.keys, kk)
 			}
 		}
-		if len(r.keys) >= maxLogKeys {
+		if len(r.keys) >= maxLogKeys-1 {
 			key = "other"
 			k, ok = r.keys[key]
 		}
@@ -102,4 +105,11 @@ func logKey(line string) string {
 		}
 		return r
 	}, key)
+}
+
+// limitedLines is how many lines were subject to the limit so far.
+func (r *rateLimitedWriter) limitedLines() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.limited
 }

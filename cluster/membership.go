@@ -56,6 +56,8 @@ type Member struct {
 type membership struct {
 	ml  *memberlist.Memberlist
 	log *slog.Logger
+	// mlLog takes memberlist's log lines (rate-limited).
+	mlLog *rateLimitedWriter
 
 	mu    sync.Mutex
 	self  Meta
@@ -105,7 +107,8 @@ func newMembership(bind string, advertise string, self Meta, keyring *memberlist
 	c.DeadNodeReclaimTime = 10 * time.Second
 	// A datagram that does not decrypt or decode makes memberlist log a
 	// line: anyone who reaches the port could fill the log (lograte.go).
-	c.Logger = log.New(newRateLimitedWriter(&slogWriter{log: logger.With("component", "gossip")}, gossipLogEvery), "", 0)
+	m.mlLog = newRateLimitedWriter(&slogWriter{log: logger.With("component", "gossip")}, gossipLogEvery)
+	c.Logger = log.New(m.mlLog, "", 0)
 	ml, err := memberlist.Create(c)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
