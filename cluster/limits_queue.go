@@ -20,12 +20,26 @@ type nodeLimits struct {
 	// are checked against a catalogue holding every earlier one.
 	queueOps   *rate.Limiter
 	queueOpsMu sync.Mutex
+	// replicaStarts paces the starts of new replicas on this node
+	// (replicaSet.reconcile).
+	replicaStarts *rate.Limiter
 }
+
+// Replicas a node starts for new partitions, per second and at once
+// (replicaStarts). A 256-partition queue takes about 12 s to start
+// everywhere; its CreateQueue answers once the first partitions have
+// leaders (or after 5 s), and enqueues to a partition that has none yet
+// wait for it.
+const (
+	replicaStartsPerSecond = 20
+	replicaStartsBurst     = 10
+)
 
 func newNodeLimits(l Limits) *nodeLimits {
 	return &nodeLimits{
-		recv:     newRecvLimits(),
-		queueOps: rate.NewLimiter(rate.Limit(l.QueueOpsRate), max(1, int(2*l.QueueOpsRate))),
+		recv:          newRecvLimits(),
+		queueOps:      rate.NewLimiter(rate.Limit(l.QueueOpsRate), max(1, int(2*l.QueueOpsRate))),
+		replicaStarts: rate.NewLimiter(replicaStartsPerSecond, replicaStartsBurst),
 	}
 }
 

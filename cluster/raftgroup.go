@@ -59,6 +59,19 @@ func raftConfig(id raft.ServerID, c *Config, log *slog.Logger) *raft.Config {
 	return rc
 }
 
+// controllerTiming makes the controller group's leader hold on through
+// bursts of load that the partition groups put on the node (hundreds of
+// them starting, electing or stopping at once, issue 13): its heartbeats
+// may be late by a second before it steps down, and followers wait at
+// least 2 s without one before they campaign. Nothing waits on the
+// controller for latency: a catalogue change may take a second longer when
+// its leader dies, and partitions keep serving meanwhile.
+func controllerTiming(rc *raft.Config) {
+	rc.HeartbeatTimeout = max(rc.HeartbeatTimeout, 2*time.Second)
+	rc.ElectionTimeout = max(rc.ElectionTimeout, 2*time.Second)
+	rc.LeaderLeaseTimeout = max(rc.LeaderLeaseTimeout, time.Second)
+}
+
 // serverIDKey is where a group's stable store keeps this member's Raft
 // server id, so that a restarted node finds its identity in each group. It
 // is written before Raft first runs on the store, so a member's identity
@@ -99,6 +112,9 @@ func openGroup(n *Node, name storage.GroupName, id, newID raft.ServerID, mk func
 	g.layer = layer
 	g.trans = transport.NewRaftTransport(layer, log, peerAddrs{n})
 	rc := raftConfig(g.id, &n.cfg, log)
+	if name.IsController() {
+		controllerTiming(rc)
+	}
 	rc.NotifyCh = g.leaderCh
 	r, err := raft.NewRaft(rc, mk(g), store.Log, store.Stable, store.Snapshots, g.trans)
 	if err != nil {

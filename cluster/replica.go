@@ -256,6 +256,7 @@ func (s *replicaSet) reconcile() {
 	// the controller replaces them before this node serves any.
 	sameInstance := self != nil && self.GetInstance() == s.n.instance
 	want := map[groupKey]raft.ServerID{}
+	readAt := time.Now()
 	for _, q := range queues {
 		for _, pa := range q.GetPartitions() {
 			var mine *fsmv1.Replica
@@ -276,24 +277,67 @@ func (s *replicaSet) reconcile() {
 			if !sameInstance {
 				continue
 			}
+			// Paced: a new queue of hundreds of partitions elects as
+			// many leaders; spread over seconds, that leaves the other
+			// groups their heartbeats (issue 13).
+			if err := s.n.lim.replicaStarts.Wait(s.n.ctx); err != nil {
+				return // stopping
+			}
 			s.start(q, pa, mine)
 		}
 	}
-	if !s.n.ctrl.epochKnown() {
+	// Starts are paced, so the catalogue read above may be seconds old
+	// now: then what to drop is decided on a later pass, from a fresh one.
+	if time.Since(readAt) > time.Second || !s.n.ctrl.epochKnown() {
 		return
 	}
+	// The queues' ids from the catalogue read above (reading each replica's
+	// queue again would copy a queue of hundreds of partitions once per
+	// replica, on every pass).
+	ids := make(map[string]uint64, len(queues))
+	for _, q := range queues {
+		ids[q.GetName()] = q.GetId()
+	}
+	var drop []*replica
 	for _, r := range s.all() {
 		key := groupKey{r.queue, r.part}
-		q, ok := s.n.ctrl.queue(r.queue)
-		if id, wanted := want[key]; wanted && ok && q.GetId() == r.qid && r.g.id == id {
+		qid, ok := ids[r.queue]
+		if id, wanted := want[key]; wanted && ok && qid == r.qid && r.g.id == id {
 			continue
 		}
-		if ok && q.GetId() == r.qid && r.isLeader() {
+		if ok && qid == r.qid && r.isLeader() {
 			// Moved away while leading: the leader hands over first
 			// (keepMembers); the replica goes on a later round.
 			continue
 		}
-		s.remove(r)
+		drop = append(drop, r)
+	}
+	s.removeAll(drop)
+}
+
+// maxParallelStops bounds the replicas stopped at once (removeAll).
+const maxParallelStops = 16
+
+// removeAll stops rs, maxParallelStops at a time, then deletes their data
+// one by one. The replicas of a deleted queue lose their peers as the
+// other nodes drop theirs, and campaign until they are stopped: hundreds
+// of groups doing that at once, for as long as one-by-one stops and
+// deletions (each with its fsyncs) take, starved the controller group of
+// its heartbeats (issue 13). So they are all stopped first, quickly; the
+// deletions, which only use the disk, come after.
+func (s *replicaSet) removeAll(rs []*replica) {
+	sem := make(chan struct{}, maxParallelStops)
+	var wg sync.WaitGroup
+	for _, r := range rs {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s.unregisterAndStop(r)
+		})
+	}
+	wg.Wait()
+	for _, r := range rs {
+		s.removeData(r)
 	}
 }
 
@@ -395,7 +439,13 @@ func (s *replicaSet) add(r *replica) {
 	r.log.Info("replica started", "server", r.g.id)
 }
 
+// remove stops r and deletes its data.
 func (s *replicaSet) remove(r *replica) {
+	s.unregisterAndStop(r)
+	s.removeData(r)
+}
+
+func (s *replicaSet) unregisterAndStop(r *replica) {
 	s.mu.Lock()
 	if cur, ok := s.m[groupKey{r.queue, r.part}]; ok && cur == r {
 		delete(s.m, groupKey{r.queue, r.part})
@@ -404,6 +454,9 @@ func (s *replicaSet) remove(r *replica) {
 	if err := r.stop(); err != nil {
 		r.log.Warn("stop replica", "err", err)
 	}
+}
+
+func (s *replicaSet) removeData(r *replica) {
 	if err := s.n.dir.RemoveGroup(r.g.name, storage.WithSharedLog(s.n.shared)); err != nil {
 		r.log.Warn("remove replica data", "err", err)
 	}
