@@ -41,7 +41,14 @@ type fuzzEnv struct {
 // messages, some of them leased.
 func fuzzCluster(f *testing.F) *fuzzEnv {
 	f.Helper()
-	c := startCluster(f, 3)
+	// Small caps: a fuzzed CreateQueue of hundreds of partitions would
+	// bury the three in-process nodes in replicas and slow every input
+	// down; the limits' code runs all the same.
+	c := startClusterWith(f, 3, func(cfg *Config) {
+		cfg.Limits.MaxPartitionsPerQueue = 8
+		cfg.Limits.MaxQueues = 32
+		cfg.Limits.MaxReplicasPerNode = 128
+	})
 	env := &fuzzEnv{c: c}
 	for i := range c.nodes {
 		env.conns = append(env.conns, c.conn(i))

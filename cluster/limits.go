@@ -3,6 +3,8 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -175,7 +177,7 @@ type recvLimits struct {
 	inner   encoding.CodecV2
 	refused sync.Map // request message -> error (a status)
 	// counts of refusals, by reason (metrics)
-	tooLarge, tooMany atomic.Uint64
+	tooLarge, tooMany, malformed atomic.Uint64
 }
 
 var _ encoding.CodecV2 = (*recvLimits)(nil)
@@ -206,6 +208,7 @@ func (c *recvLimits) Unmarshal(data mem.BufferSlice, v any) error {
 	defer buf.Free()
 	if err := proto.Unmarshal(buf.ReadOnlyData(), m); err != nil {
 		// Bad input, not a server fault: INVALID_ARGUMENT, not INTERNAL.
+		c.malformed.Add(1)
 		c.refused.Store(v, status.Errorf(codes.InvalidArgument, "malformed %s: %v", m.ProtoReflect().Descriptor().Name(), err))
 	}
 	return nil
@@ -333,4 +336,19 @@ func (s *limitedStream) RecvMsg(m any) error {
 		return err.(error)
 	}
 	return nil
+}
+
+// writeLimitMetrics prints the counts of requests and queue operations
+// refused by a limit.
+func (n *Node) writeLimitMetrics(w io.Writer) {
+	c, l := n.lim.recv, n.lim
+	fmt.Fprintln(w, "# TYPE quorumq_requests_refused_total counter")
+	fmt.Fprintf(w, "quorumq_requests_refused_total{reason=\"too_large\"} %d\nquorumq_requests_refused_total{reason=\"too_many_elements\"} %d\nquorumq_requests_refused_total{reason=\"malformed\"} %d\n",
+		c.tooLarge.Load(), c.tooMany.Load(), c.malformed.Load())
+	fmt.Fprintln(w, "# TYPE quorumq_queue_ops_refused_total counter")
+	l.refusedMu.Lock()
+	defer l.refusedMu.Unlock()
+	for _, flag := range []string{"--queue-ops-rate", "--max-queues", "--max-partitions-per-queue", "--max-replicas-per-node"} {
+		fmt.Fprintf(w, "quorumq_queue_ops_refused_total{limit=%q} %d\n", strings.TrimPrefix(flag, "--"), l.refused[flag])
+	}
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -23,6 +24,20 @@ type nodeLimits struct {
 	// replicaStarts paces the starts of new replicas on this node
 	// (replicaSet.reconcile).
 	replicaStarts *rate.Limiter
+
+	refusedMu sync.Mutex
+	refused   map[string]uint64 // queue operations refused, by flag (metrics)
+}
+
+// countRefusal counts err if it is a LimitError; it returns err.
+func (l *nodeLimits) countRefusal(err error) error {
+	var le *LimitError
+	if errors.As(err, &le) {
+		l.refusedMu.Lock()
+		l.refused[le.Flag]++
+		l.refusedMu.Unlock()
+	}
+	return err
 }
 
 // Replicas a node starts for new partitions, per second and at once
@@ -40,6 +55,7 @@ func newNodeLimits(l Limits) *nodeLimits {
 		recv:          newRecvLimits(),
 		queueOps:      rate.NewLimiter(rate.Limit(l.QueueOpsRate), max(1, int(2*l.QueueOpsRate))),
 		replicaStarts: rate.NewLimiter(replicaStartsPerSecond, replicaStartsBurst),
+		refused:       map[string]uint64{},
 	}
 }
 
@@ -52,6 +68,11 @@ const maxQueueOpWait = 2 * time.Second
 // at a time, and a creation must stay within the queue, partition and
 // replica caps. The caller proposes cmd, then calls release.
 func (c *controller) admitQueueOp(ctx context.Context, cmd *fsmv1.CatalogCommand) (release func(), err error) {
+	release, err = c.checkQueueOp(ctx, cmd)
+	return release, c.n.lim.countRefusal(err)
+}
+
+func (c *controller) checkQueueOp(ctx context.Context, cmd *fsmv1.CatalogCommand) (release func(), err error) {
 	create := cmd.GetCreateQueue()
 	if create == nil && cmd.GetDeleteQueue() == nil {
 		return func() {}, nil

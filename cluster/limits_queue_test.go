@@ -212,6 +212,17 @@ func TestQueueCaps(t *testing.T) {
 			t.Fatalf("refused queue %s is in the catalogue", name)
 		}
 	}
+	// The edge node counts what it refuses itself, the controller leader
+	// the rest.
+	var all strings.Builder
+	for _, n := range c.nodes {
+		n.writeLimitMetrics(&all)
+	}
+	for _, want := range []string{`{limit="max-partitions-per-queue"} 2`, `{limit="max-replicas-per-node"} 2`, `{limit="max-queues"} 1`} {
+		if !strings.Contains(all.String(), want) {
+			t.Errorf("metrics lack %s:\n%s", want, all.String())
+		}
+	}
 }
 
 // TestQueueOpsRate: queue creations and deletions over --queue-ops-rate

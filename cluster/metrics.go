@@ -130,6 +130,7 @@ func (n *Node) writeMetrics(w io.Writer) {
 		insecure = 1
 	}
 	fmt.Fprintf(w, "# TYPE quorumq_insecure gauge\nquorumq_insecure %d\n", insecure)
+	n.writeLimitMetrics(w)
 	fmt.Fprintf(w, "# TYPE quorumq_admission_refused_total counter\nquorumq_admission_refused_total %d\n", m.admissionRefused.Load())
 	fmt.Fprintln(w, "# TYPE quorumq_client_calls_refused_total counter")
 	fmt.Fprintf(w, "quorumq_client_calls_refused_total{reason=\"no_credentials\"} %d\nquorumq_client_calls_refused_total{reason=\"bad_token\"} %d\nquorumq_client_calls_refused_total{reason=\"bad_certificate\"} %d\nquorumq_client_calls_refused_total{reason=\"permission_denied\"} %d\n",

@@ -41,7 +41,7 @@ func (n *Node) createQueue(ctx context.Context, req *qv1.CreateQueueRequest) (*f
 	// Refused here before anything is placed; the controller leader checks
 	// again, with its own limits, with the queue and replica caps.
 	if err := checkPartitions(n.cfg.Limits, int(parts)); err != nil {
-		return nil, err
+		return nil, n.lim.countRefusal(err)
 	}
 	alive := map[string]bool{}
 	for _, m := range n.gossip.members() {
