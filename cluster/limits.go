@@ -60,7 +60,7 @@ const (
 	DefaultIdleTimeout           = 15 * time.Minute
 	DefaultMaxQueues             = 1000
 	DefaultMaxPartitionsPerQueue = 256
-	DefaultMaxReplicasPerNode    = 2048
+	DefaultMaxReplicasPerNode    = 512
 	DefaultQueueOpsRate          = 5
 )
 

@@ -376,3 +376,23 @@ func TestReflectionOffByDefault(t *testing.T) {
 		_ = st.CloseSend()
 	}
 }
+
+func TestLimitsValidate(t *testing.T) {
+	var l Limits
+	if err := l.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if l != (Limits{MaxConns: DefaultMaxConns, MaxStreamsPerConn: DefaultMaxStreamsPerConn, HandshakeTimeout: DefaultHandshakeTimeout,
+		IdleTimeout: DefaultIdleTimeout, MaxQueues: DefaultMaxQueues, MaxPartitionsPerQueue: DefaultMaxPartitionsPerQueue,
+		MaxReplicasPerNode: DefaultMaxReplicasPerNode, QueueOpsRate: DefaultQueueOpsRate}) {
+		t.Fatalf("defaults: %+v", l)
+	}
+	for _, bad := range []Limits{
+		{MaxPartitionsPerQueue: fsm.MaxQueuePartitions + 1}, {MaxQueues: -1}, {MaxConns: -5},
+		{QueueOpsRate: -1}, {HandshakeTimeout: -time.Second},
+	} {
+		if err := bad.validate(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
