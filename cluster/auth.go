@@ -159,7 +159,7 @@ func (p *accessPolicy) checkToken(tok string) (string, error) {
 	if !ok || len(rest) != fsm.TokenIDLen+1+base64.RawURLEncoding.EncodedLen(tokenSecretLen) || rest[fsm.TokenIDLen] != '_' {
 		return "", errBadToken
 	}
-	secret, err := base64.RawURLEncoding.DecodeString(rest[fsm.TokenIDLen+1:])
+	secret, err := base64.RawURLEncoding.Strict().DecodeString(rest[fsm.TokenIDLen+1:])
 	if err != nil {
 		return "", errBadToken
 	}

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"log/slog"
 	"regexp"
 	"strings"
@@ -313,4 +314,25 @@ func FuzzReceiptOpen(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestTokenIsExact: only the exact token string authenticates; another
+// encoding of the same secret (base64's spare bits) does not.
+func TestTokenIsExact(t *testing.T) {
+	secret := make([]byte, tokenSecretLen)
+	sum := sha256.Sum256(secret)
+	p := &accessPolicy{tokens: map[string]*fsmv1.TokenInfo{"0123456789abcdef": {Id: "0123456789abcdef", Identity: "ci", Hash: sum[:]}}}
+	good := formatToken("0123456789abcdef", secret)
+	if id, err := p.checkToken(good); err != nil || id != "ci" {
+		t.Fatalf("the token: %q %v", id, err)
+	}
+	spare := good[:len(good)-1] + "B" // the last character's two spare bits set
+	if _, err := p.checkToken(spare); err == nil {
+		t.Fatalf("%q (another spelling of the same secret) was accepted", spare)
+	}
+	for _, bad := range []string{"", "qq_", good + "A", "qq_0123456789ABCDEF" + good[19:], "xx" + good[2:]} {
+		if _, err := p.checkToken(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/sha256"
 	"runtime"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
 )
 
@@ -249,4 +251,68 @@ func FuzzGossipKeyring(f *testing.F) {
 		&qv1.GossipKeyringRequest{Op: "remove", Key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="},
 		&qv1.GossipKeyringRequest{Op: "use", Key: "!"},
 	))
+}
+
+func FuzzWhoAmI(f *testing.F) {
+	fuzzMethod(f, qv1.AccessService_WhoAmI_FullMethodName, seeds(&qv1.WhoAmIRequest{}))
+}
+
+func FuzzGrant(f *testing.F) {
+	fuzzMethod(f, qv1.AccessService_Grant_FullMethodName, seeds(
+		&qv1.GrantRequest{Grant: &qv1.AccessGrant{Identity: "w", Permission: qv1.Permission_PERMISSION_CONSUME, Queue: "fz"}},
+		&qv1.GrantRequest{Grant: &qv1.AccessGrant{Identity: "w", Permission: qv1.Permission_PERMISSION_PRODUCE, Queue: "f", Prefix: true}},
+		&qv1.GrantRequest{Grant: &qv1.AccessGrant{Identity: "ops", Permission: qv1.Permission_PERMISSION_ADMIN}},
+		&qv1.GrantRequest{Grant: &qv1.AccessGrant{Identity: "w/../x", Permission: 9, Queue: "fz"}},
+	))
+}
+
+func FuzzRevoke(f *testing.F) {
+	fuzzMethod(f, qv1.AccessService_Revoke_FullMethodName, seeds(
+		&qv1.RevokeRequest{Grant: &qv1.AccessGrant{Identity: "w", Permission: qv1.Permission_PERMISSION_CONSUME, Queue: "fz"}},
+		&qv1.RevokeRequest{},
+	))
+}
+
+func FuzzListGrants(f *testing.F) {
+	fuzzMethod(f, qv1.AccessService_ListGrants_FullMethodName, seeds(&qv1.ListGrantsRequest{}, &qv1.ListGrantsRequest{Identity: "w"}))
+}
+
+func FuzzCreateToken(f *testing.F) {
+	fuzzMethod(f, qv1.AccessService_CreateToken_FullMethodName, seeds(
+		&qv1.CreateTokenRequest{Identity: "ci", Description: "fuzz"},
+		&qv1.CreateTokenRequest{Identity: ""},
+	))
+}
+
+func FuzzListTokens(f *testing.F) {
+	fuzzMethod(f, qv1.AccessService_ListTokens_FullMethodName, seeds(&qv1.ListTokensRequest{}))
+}
+
+func FuzzDeleteToken(f *testing.F) {
+	fuzzMethod(f, qv1.AccessService_DeleteToken_FullMethodName, seeds(
+		&qv1.DeleteTokenRequest{Id: "0123456789abcdef"},
+		&qv1.DeleteTokenRequest{Id: "XYZ"},
+	))
+}
+
+func FuzzRotateReceiptKey(f *testing.F) {
+	fuzzMethod(f, qv1.AccessService_RotateReceiptKey_FullMethodName, seeds(&qv1.RotateReceiptKeyRequest{}))
+}
+
+// FuzzCheckToken: any string presented as a bearer token is refused
+// unless it is the token, without panicking.
+func FuzzCheckToken(f *testing.F) {
+	secret := make([]byte, tokenSecretLen)
+	sum := sha256.Sum256(secret)
+	p := &accessPolicy{tokens: map[string]*fsmv1.TokenInfo{"0123456789abcdef": {Id: "0123456789abcdef", Identity: "ci", Hash: sum[:]}}}
+	good := formatToken("0123456789abcdef", secret)
+	f.Add(good)
+	f.Add("qq_0123456789abcdef_")
+	f.Add("Bearer x")
+	f.Fuzz(func(t *testing.T, tok string) {
+		id, err := p.checkToken(tok)
+		if (err == nil) != (tok == good) || (err == nil && id != "ci") {
+			t.Fatalf("checkToken(%q) = %q, %v", tok, id, err)
+		}
+	})
 }

@@ -89,7 +89,7 @@ func (k *receiptKeys) open(s string) (receipt, receiptVerdict) {
 	if !strings.HasPrefix(s, receiptPrefix) || len(s) > maxReceiptLen {
 		return receipt{}, receiptForged
 	}
-	b, err := base64.RawURLEncoding.DecodeString(s[len(receiptPrefix):])
+	b, err := base64.RawURLEncoding.Strict().DecodeString(s[len(receiptPrefix):])
 	if err != nil || len(b) < receiptMACLen {
 		return receipt{}, receiptForged
 	}
