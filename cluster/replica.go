@@ -175,15 +175,13 @@ func (r *replica) waitReady(ctx context.Context, timeout time.Duration) uint64 {
 
 func (r *replica) isLeader() bool { return r.g.raft.State() == raft.Leader }
 
-// stop shuts the replica down (its data stays). Raft goes first: a leader
-// loop waiting on it (a barrier, a proposal) in a group whose peers are
-// gone — a deleted queue's, on every node at once — returns at once
-// instead of after its timeout, so stopping hundreds of them is quick.
+// stop shuts the replica down (its data stays). Raft is shut down only
+// once the leader loop has returned: a proposal in flight when Raft shuts
+// down is never answered, and the loop would wait on it for ever.
 func (r *replica) stop() error {
 	r.cancel()
-	err := r.g.raft.Shutdown().Error()
 	<-r.done
-	return errors.Join(err, r.g.close())
+	return r.g.close()
 }
 
 // replicaSet starts and stops this node's partition replicas to match the
