@@ -204,7 +204,10 @@ func TestHugeBatchesDoNotTakeMemory(t *testing.T) {
 	runtime.ReadMemStats(&ms)
 	t.Logf("8 x %d-byte requests of 4.5M messages: RSS %d MiB before, %d MiB after (peak %d MiB, known %v); %d MiB allocated meanwhile (client and server)",
 		len(body), before>>20, after>>20, peak>>20, peakKnown, (ms.TotalAlloc-allocBefore)>>20)
-	if after-before > 100<<20 {
+	// The race detector keeps shadow memory for every heap page touched,
+	// which returning the heap to the OS does not release: RSS says
+	// nothing then, what was allocated still does.
+	if after-before > 100<<20 && !raceEnabled {
 		t.Fatalf("RSS grew from %d to %d MiB", before>>20, after>>20)
 	}
 	// What was allocated meanwhile (freed by now) is the better measure
