@@ -6,8 +6,10 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"google.golang.org/grpc"
@@ -59,38 +61,48 @@ func (n *Node) clientSecurityOptions() []grpc.ServerOption {
 }
 
 // accessPolicy is the access part of one catalogue state, compiled for
-// lookups; rebuilt when the catalogue epoch moves.
+// lookups; rebuilt when the catalogue's access records change.
 type accessPolicy struct {
-	epoch  uint64
-	tokens map[string]*fsmv1.TokenInfo
-	grants map[string][]*fsmv1.Grant // by identity
-	admins map[string]bool           // granted admin, or by flag
+	version uint64 // fsm.Catalog.AccessVersion compiled
+	tokens  map[string]*fsmv1.TokenInfo
+	grants  map[string][]*fsmv1.Grant // by identity
+	admins  map[string]bool           // granted admin, or by flag
 	receiptKeys
 }
 
-// policyCache holds the last compiled policy.
-type policyCache struct{ p atomic.Pointer[accessPolicy] }
+// policyCache holds the last compiled policy; mu lets one caller compile
+// a new one while the others wait for it.
+type policyCache struct {
+	p  atomic.Pointer[accessPolicy]
+	mu sync.Mutex
+}
 
-// policy returns the access policy of the current catalogue.
+// policy returns the access policy of the current catalogue: the cached
+// one while the catalogue's access records are unchanged (one read of
+// their version under the catalogue's read lock per call).
 func (n *Node) policy() *accessPolicy {
-	cur := n.access.p.Load()
+	var version uint64
+	n.ctrl.read(func(c *fsm.Catalog) { version = c.AccessVersion() })
+	if cur := n.access.p.Load(); cur != nil && cur.version == version {
+		return cur
+	}
+	n.access.mu.Lock()
+	defer n.access.mu.Unlock()
 	var out *accessPolicy
 	n.ctrl.read(func(c *fsm.Catalog) {
-		if cur != nil && cur.epoch == c.Epoch() {
+		if cur := n.access.p.Load(); cur != nil && cur.version == c.AccessVersion() {
 			out = cur
 			return
 		}
 		out = compilePolicy(c, n.cfg.AdminIdentities)
 	})
-	if out != cur {
-		n.access.p.Store(out)
-	}
+	n.access.p.Store(out)
 	return out
 }
 
 func compilePolicy(c *fsm.Catalog, admins []string) *accessPolicy {
 	p := &accessPolicy{
-		epoch:       c.Epoch(),
+		version:     c.AccessVersion(),
 		tokens:      map[string]*fsmv1.TokenInfo{},
 		grants:      map[string][]*fsmv1.Grant{},
 		admins:      map[string]bool{},
@@ -174,9 +186,6 @@ func (p *accessPolicy) checkToken(tok string) (string, error) {
 // authenticate names the caller of ctx: a bearer token wins over the
 // client certificate.
 func (n *Node) authenticate(ctx context.Context, p *accessPolicy) (caller, error) {
-	if n.cfg.Insecure {
-		return caller{how: "insecure"}, nil
-	}
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		if vals := md.Get("authorization"); len(vals) > 0 {
 			tok, ok := strings.CutPrefix(vals[0], "Bearer ")
@@ -244,7 +253,7 @@ var rules = map[string]rule{
 
 	qv1.ClusterService_Status_FullMethodName:             anyone,
 	qv1.ClusterService_Members_FullMethodName:            anyone,
-	qv1.ClusterService_Partitions_FullMethodName:         anyone,
+	qv1.ClusterService_Partitions_FullMethodName:         anyone, // filtered by the handler
 	qv1.ClusterService_TransferLeadership_FullMethodName: admin,
 	qv1.ClusterService_DrainNode_FullMethodName:          admin,
 	qv1.ClusterService_RemoveNode_FullMethodName:         admin,
@@ -254,9 +263,9 @@ var rules = map[string]rule{
 	qv1.AccessService_WhoAmI_FullMethodName:           anyone,
 	qv1.AccessService_Grant_FullMethodName:            admin,
 	qv1.AccessService_Revoke_FullMethodName:           admin,
-	qv1.AccessService_ListGrants_FullMethodName:       {perm: fsmv1.Permission_PERMISSION_ADMIN},
+	qv1.AccessService_ListGrants_FullMethodName:       admin,
 	qv1.AccessService_CreateToken_FullMethodName:      admin,
-	qv1.AccessService_ListTokens_FullMethodName:       {perm: fsmv1.Permission_PERMISSION_ADMIN},
+	qv1.AccessService_ListTokens_FullMethodName:       admin,
 	qv1.AccessService_DeleteToken_FullMethodName:      admin,
 	qv1.AccessService_RotateReceiptKey_FullMethodName: admin,
 }
@@ -289,6 +298,10 @@ func (n *Node) authorize(ctx context.Context, method string, req any) (context.C
 	if openMethod(method) {
 		return ctx, anyone, caller{}, nil
 	}
+	if n.cfg.Insecure {
+		c := caller{how: "insecure"}
+		return context.WithValue(ctx, callerKey{}, c), rules[method], c, nil
+	}
 	p := n.policy()
 	c, err := n.authenticate(ctx, p)
 	if err != nil {
@@ -302,9 +315,6 @@ func (n *Node) authorize(ctx context.Context, method string, req any) (context.C
 		}
 		n.metrics.authDenied()
 		return ctx, r, c, status.Errorf(codes.PermissionDenied, "%s: no access rule for this method", method)
-	}
-	if c.how == "insecure" {
-		return ctx, r, c, nil
 	}
 	switch {
 	case r.anyOnQueue:
@@ -374,25 +384,63 @@ func auditRequest(req any) string {
 	return s
 }
 
-// visibleQueues filters ListQueues for the caller.
-func (n *Node) visibleQueues(ctx context.Context, qs []*qv1.Queue) []*qv1.Queue {
+// queueFilter reports which queues the caller of ctx may see: those it
+// holds any permission on (all of them for an admin, with --insecure, or
+// for a call that did not come through the client port's interceptor).
+func (n *Node) queueFilter(ctx context.Context) func(queue string) bool {
 	c, ok := callerOf(ctx)
 	if !ok || c.how == "insecure" {
-		return qs
+		return func(string) bool { return true }
 	}
 	p := n.policy()
-	return slices.DeleteFunc(qs, func(q *qv1.Queue) bool { return !p.allowsAny(c.name, q.GetName()) })
+	return func(q string) bool { return p.allowsAny(c.name, q) }
 }
 
-// signReceipt is a receipt's wire form, or UNAVAILABLE before the cluster
-// has a receipt key (the controller leader creates it).
+// visibleQueues filters ListQueues for the caller.
+func (n *Node) visibleQueues(ctx context.Context, qs []*qv1.Queue) []*qv1.Queue {
+	visible := n.queueFilter(ctx)
+	return slices.DeleteFunc(qs, func(q *qv1.Queue) bool { return !visible(q.GetName()) })
+}
+
+// receiptSigner returns how receipts are written now: signed with the
+// current key; unsigned (as before receipt keys) while an upgrade is under
+// way and the cluster has no key yet; or UNAVAILABLE for the moment a new
+// cluster has none yet (the controller leader creates it).
 func (n *Node) receiptSigner() (func(receipt) string, error) {
 	p := n.policy()
 	if p.current == 0 {
+		if len(n.nodesWithoutAccess()) > 0 {
+			// An upgrade under way: the receipts of the older version
+			// (legacyReceipt), until every node can apply the first key.
+			return legacyReceipt, nil
+		}
 		return nil, status.Error(codes.Unavailable, "the cluster has no receipt key yet (the controller leader creates one): retry")
 	}
 	return func(r receipt) string {
 		s, _ := p.sign(r)
 		return s
 	}, nil
+}
+
+// nodesWithoutAccess are the nodes that may not apply access commands
+// (Meta.Access): those alive in gossip that do not say they can, and those
+// of the catalogue (not removed) that are not alive in gossip saying so.
+func (n *Node) nodesWithoutAccess() []string {
+	ok, lagging := map[string]bool{}, map[string]bool{}
+	if g := n.gossipReady.Load(); g != nil {
+		for _, m := range g.members() {
+			switch {
+			case m.State == "alive" && m.Access:
+				ok[m.ID] = true
+			case m.State == "alive":
+				lagging[m.ID] = true
+			}
+		}
+	}
+	for _, info := range n.ctrl.nodes() {
+		if info.GetState() != fsmv1.NodeState_NODE_STATE_REMOVED && !ok[info.GetId()] {
+			lagging[info.GetId()] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(lagging))
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/quorumq/quorumq/fsm"
 	fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
 	qv1 "github.com/quorumq/quorumq/proto/quorumq/v1"
 )
@@ -129,6 +130,20 @@ func TestWhoMayDoWhat(t *testing.T) {
 		if err != nil || len(list.GetQueues()) != 1 || list.GetQueues()[0].GetName() != "a" {
 			t.Fatalf("worker lists %v, %v; want queue a only", list, err)
 		}
+		wc := qv1.NewClusterServiceClient(c.connAs(2, "worker"))
+		for _, local := range []bool{false, true} {
+			parts, err := wc.Partitions(ctx, &qv1.PartitionsRequest{Local: local})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range parts.GetPartitions() {
+				if p.GetQueue() != "a" {
+					t.Fatalf("worker sees partition %s/%d (local %v)", p.GetQueue(), p.GetPartition(), local)
+				}
+			}
+		}
+		_, err = wc.Partitions(ctx, &qv1.PartitionsRequest{Queue: "b"})
+		wantCode(t, "partitions of b", err, codes.PermissionDenied, `queue "b"`)
 	})
 
 	t.Run("receipts", func(t *testing.T) {
@@ -334,5 +349,63 @@ func TestTokenIsExact(t *testing.T) {
 		if _, err := p.checkToken(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+// TestAccessWaitsForEveryNode: during a rolling upgrade (a node that
+// cannot apply access commands still in the cluster) no access command
+// is proposed — it would split the catalogue — and receipts stay as the
+// older version makes them; once every node can, the receipt key is made
+// and unsigned receipts are refused.
+func TestAccessWaitsForEveryNode(t *testing.T) {
+	c := startClusterWith(t, 3, func(cfg *Config) {
+		if cfg.NodeID == "n3" {
+			cfg.olderVersion = true
+		}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	q := qv1.NewQueueServiceClient(c.conn(0))
+	if _, err := q.CreateQueue(ctx, &qv1.CreateQueueRequest{Name: "up", Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := qv1.NewAccessServiceClient(c.conn(0)).Grant(ctx, &qv1.GrantRequest{Grant: &qv1.AccessGrant{Identity: "w", Permission: qv1.Permission_PERMISSION_CONSUME, Queue: "up"}})
+	wantCode(t, "grant during the upgrade", err, codes.FailedPrecondition, "n3")
+	if _, err := q.Enqueue(ctx, &qv1.EnqueueRequest{Queue: "up", Messages: []*qv1.Message{{Payload: []byte("1")}, {Payload: []byte("2")}}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.Receive(ctx, &qv1.ReceiveRequest{Queue: "up", Max: 1, Wait: durationpb.New(2 * time.Second), VisibilityTimeout: durationpb.New(time.Minute)})
+	if err != nil || len(got.GetMessages()) != 1 || !strings.HasPrefix(got.GetMessages()[0].GetReceipt(), "r1.") {
+		t.Fatalf("receive during the upgrade: %v %v; want an r1 receipt", got, err)
+	}
+	old := got.GetMessages()[0].GetReceipt()
+	var keys int
+	c.nodes[0].ctrl.read(func(cat *fsm.Catalog) { keys = len(cat.ReceiptKeys()) })
+	if keys != 0 {
+		t.Fatal("a receipt key was made while n3 could not apply it")
+	}
+
+	// n3 upgraded: the key is made, receipts are signed, r1 refused.
+	c.kill(2)
+	c.cfgs[2].olderVersion = false
+	c.restart(2)
+	c.waitFor("the receipt key", 20*time.Second, func() bool {
+		c.nodes[0].ctrl.read(func(cat *fsm.Catalog) { keys = len(cat.ReceiptKeys()) })
+		return keys == 1
+	})
+	c.waitFor("signed receipts on every node", 20*time.Second, func() bool {
+		for i := range c.nodes {
+			if c.nodes[i].policy().current == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	res, err := q.Ack(ctx, &qv1.AckRequest{Queue: "up", Receipts: []string{old}})
+	if err != nil || res.GetResults()[0].GetStatus() != qv1.ReceiptStatus_RECEIPT_STATUS_UNKNOWN {
+		t.Fatalf("ack of an r1 receipt after the upgrade: %v %v, want UNKNOWN", res, err)
+	}
+	got, err = q.Receive(ctx, &qv1.ReceiveRequest{Queue: "up", Max: 1, Wait: durationpb.New(2 * time.Second)})
+	if err != nil || len(got.GetMessages()) != 1 || !strings.HasPrefix(got.GetMessages()[0].GetReceipt(), "r2.") {
+		t.Fatalf("receive after the upgrade: %v %v; want an r2 receipt", got, err)
 	}
 }

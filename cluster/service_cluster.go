@@ -83,15 +83,19 @@ func catalogStateName(s fsmv1.NodeState) string {
 }
 
 func (s *clusterServer) Partitions(ctx context.Context, req *qv1.PartitionsRequest) (*qv1.PartitionsResponse, error) {
+	visible := s.n.queueFilter(ctx)
+	if q := req.GetQueue(); q != "" && !visible(q) {
+		return nil, status.Errorf(codes.PermissionDenied, "no permission on queue %q (needs produce, consume or manage)", q)
+	}
 	if req.GetLocal() {
-		return s.localPartitions(req.GetQueue())
+		return s.localPartitions(req.GetQueue(), visible)
 	}
 	var queues []*fsmv1.QueueInfo
 	s.n.ctrl.read(func(c *fsm.Catalog) { queues = c.Queues() })
 	resp := &qv1.PartitionsResponse{}
 	var mu sync.Mutex
 	for _, q := range queues {
-		if req.GetQueue() != "" && q.GetName() != req.GetQueue() {
+		if req.GetQueue() != "" && q.GetName() != req.GetQueue() || !visible(q.GetName()) {
 			continue
 		}
 		infos := make([]*qv1.PartitionInfo, len(q.GetPartitions()))
@@ -148,10 +152,10 @@ func (n *Node) transferLeadership(ctx context.Context, q *fsmv1.QueueInfo, p uin
 
 // localPartitions reports this node's own replicas as they stand here, each
 // with its state checksum: what a convergence check compares across nodes.
-func (s *clusterServer) localPartitions(queue string) (*qv1.PartitionsResponse, error) {
+func (s *clusterServer) localPartitions(queue string, visible func(string) bool) (*qv1.PartitionsResponse, error) {
 	resp := &qv1.PartitionsResponse{}
 	for _, r := range s.n.replicas.all() {
-		if queue != "" && r.queue != queue {
+		if queue != "" && r.queue != queue || !visible(r.queue) {
 			continue
 		}
 		applied, sum, err := r.fsm.StateChecksum()
