@@ -75,6 +75,9 @@ type Config struct {
 	// owners) that hold the admin permission whatever the grants say;
 	// nil: DefaultAdminIdentities.
 	AdminIdentities []string
+	// olderVersion: the node gossips that it cannot apply access commands,
+	// as a node of an older version does (upgrade tests).
+	olderVersion bool
 
 	// Limits no request can break (limits.go); zero fields take defaults.
 	Limits Limits

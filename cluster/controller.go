@@ -413,6 +413,10 @@ func (c *controller) ensureReceiptKey(ctx context.Context) error {
 	if have {
 		return nil
 	}
+	if lagging := c.n.nodesWithoutAccess(); len(lagging) > 0 {
+		c.log.Debug("receipt key waits for every node to run a version with access control", "nodes", lagging)
+		return nil
+	}
 	cmd, err := newReceiptKeyCommand()
 	if err != nil {
 		return err

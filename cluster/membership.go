@@ -39,6 +39,11 @@ type Meta struct {
 	// group. It changes when the node loses its controller state; the
 	// member it was is then gone for good.
 	Controller string `json:"r,omitempty"`
+	// Access: the node applies the catalogue's access commands (grants,
+	// tokens, receipt keys). The first of them is proposed only once every
+	// node of the catalogue says so: a node of an older version would
+	// refuse them and its catalogue would part from the others'.
+	Access bool `json:"a,omitempty"`
 }
 
 // Member is a node as this node's gossip sees it.

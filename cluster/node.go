@@ -172,7 +172,7 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	n.gossip, err = newMembership(cfg.GossipAddr, gossipAddr, Meta{
 		ID: n.id, Client: n.clientAddr, Peer: n.peerAddr, HTTP: n.httpAddr, Zone: cfg.Zone,
-		Version: Version, Fresh: !n.ctrl.hasState(), Instance: n.instance, Controller: string(n.ctrl.g.id),
+		Version: Version, Fresh: !n.ctrl.hasState(), Instance: n.instance, Controller: string(n.ctrl.g.id), Access: !cfg.olderVersion,
 	}, n.keyring, n.log)
 	if err != nil {
 		return nil, err

@@ -84,8 +84,17 @@ const (
 	receiptNewerKey
 )
 
-// open checks s and returns the receipt it names.
+// open checks s and returns the receipt it names. Before the cluster has
+// a receipt key (an upgrade from a version without them, under way), it
+// takes the unsigned receipts that version hands out, as it did.
 func (k *receiptKeys) open(s string) (receipt, receiptVerdict) {
+	if k.current == 0 && strings.HasPrefix(s, legacyReceiptPrefix) {
+		r, err := parseLegacyReceipt(s)
+		if err != nil {
+			return receipt{}, receiptForged
+		}
+		return r, receiptValid
+	}
 	if !strings.HasPrefix(s, receiptPrefix) || len(s) > maxReceiptLen {
 		return receipt{}, receiptForged
 	}
@@ -118,6 +127,42 @@ func (k *receiptKeys) open(s string) (receipt, receiptVerdict) {
 		return receipt{}, receiptForged
 	}
 	return r, receiptValid
+}
+
+// legacyReceiptPrefix: receipts of versions before signed receipts,
+// "r1." + base64url(uvarint queue id, partition, seq, epoch), unsigned.
+// They are issued and taken only while the cluster has no receipt key.
+const legacyReceiptPrefix = "r1."
+
+func legacyReceipt(r receipt) string {
+	var b []byte
+	b = binary.AppendUvarint(b, r.queueID)
+	b = binary.AppendUvarint(b, uint64(r.partition))
+	b = binary.AppendUvarint(b, r.seq)
+	b = binary.AppendUvarint(b, uint64(r.epoch))
+	return legacyReceiptPrefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+func parseLegacyReceipt(s string) (receipt, error) {
+	if len(s) > 64 {
+		return receipt{}, errBadReceipt
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(s[len(legacyReceiptPrefix):])
+	if err != nil {
+		return receipt{}, errBadReceipt
+	}
+	var v [4]uint64
+	for i := range v {
+		x, n := binary.Uvarint(b)
+		if n <= 0 {
+			return receipt{}, errBadReceipt
+		}
+		v[i], b = x, b[n:]
+	}
+	if len(b) != 0 || v[1] > 1<<31 || v[3] > 1<<32-1 {
+		return receipt{}, errBadReceipt
+	}
+	return receipt{queueID: v[0], partition: uint32(v[1]), seq: v[2], epoch: uint32(v[3])}, nil
 }
 
 // messageID is "<partition>-<seq>".

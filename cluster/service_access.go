@@ -37,8 +37,16 @@ func grantToPublic(g *fsmv1.Grant) *qv1.AccessGrant {
 	return &qv1.AccessGrant{Identity: g.GetIdentity(), Permission: qv1.Permission(g.GetPermission()), Queue: g.GetQueue(), Prefix: g.GetPrefix()}
 }
 
-// proposeAccess proposes an access change and maps the outcome.
+// proposeAccess proposes an access change and maps the outcome. Until
+// the cluster has its first receipt key — which the controller creates
+// once every node runs a version with access control — a node of an older
+// version could still be in the catalogue, and would refuse the command.
 func (s *accessServer) proposeAccess(ctx context.Context, cmd *fsmv1.CatalogCommand) (*fsm.CatalogResult, error) {
+	if s.n.policy().current == 0 {
+		if lagging := s.n.nodesWithoutAccess(); len(lagging) > 0 {
+			return nil, status.Errorf(codes.FailedPrecondition, "nodes %v do not run a version with access control yet: finish the upgrade first", lagging)
+		}
+	}
 	res, err := s.n.ctrl.propose(ctx, cmd)
 	if err != nil {
 		return nil, toStatus(err)

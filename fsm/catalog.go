@@ -106,6 +106,9 @@ type Catalog struct {
 	grants      []*fsmv1.Grant
 	tokens      map[string]*fsmv1.TokenInfo
 	receiptKeys []*fsmv1.ReceiptKey
+	// accessVersion changes whenever the access records may have (see
+	// AccessVersion); it is not state: never snapshotted or compared.
+	accessVersion uint64
 }
 
 // NewCatalog returns an empty catalogue.
@@ -116,6 +119,7 @@ func NewCatalog() *Catalog {
 		nodes:            make(map[string]*fsmv1.NodeInfo),
 		queues:           make(map[string]*fsmv1.QueueInfo),
 		tokens:           make(map[string]*fsmv1.TokenInfo),
+		accessVersion:    accessVersions.Add(1),
 	}
 }
 
@@ -180,6 +184,9 @@ func (c *Catalog) Apply(cmd *fsmv1.CatalogCommand) *CatalogResult {
 	if res.Code == CatalogOK {
 		c.now = now
 		c.epoch++
+		if isAccessCommand(cmd) {
+			c.accessVersion = accessVersions.Add(1)
+		}
 	}
 	return res
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"maps"
 	"slices"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 
@@ -27,19 +28,10 @@ const (
 	maxReceiptKeysKept = 2     // the current key and the one before it
 )
 
-// ValidIdentity checks an identity: 1 to MaxIdentityLen bytes of letters,
-// digits and . _ - @ : (a client certificate's name, a token's owner).
-func ValidIdentity(s string) error {
-	if s == "" || len(s) > MaxIdentityLen {
-		return invalidf("identity of %d bytes: want 1 to %d", len(s), MaxIdentityLen)
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-' || r == '@' || r == ':') {
-			return invalidf("identity %q: only letters, digits and . _ - @ : are allowed", s)
-		}
-	}
-	return nil
-}
+// ValidIdentity checks an identity (a client certificate's name, a
+// token's owner): 1 to MaxIdentityLen bytes of letters, digits and . _ - :
+// not starting with . or -, as client certificate names are.
+func ValidIdentity(s string) error { return checkName("identity", s, MaxIdentityLen, true) }
 
 // ValidateGrant checks a grant on its own.
 func ValidateGrant(g *fsmv1.Grant) error {
@@ -218,6 +210,25 @@ func (c *Catalog) ReceiptKeys() []*fsmv1.ReceiptKey {
 		out[i] = proto.CloneOf(k)
 	}
 	return out
+}
+
+// accessVersions hands out AccessVersion values, unique in the process.
+var accessVersions atomic.Uint64
+
+// AccessVersion identifies the catalogue's access records (grants, tokens,
+// receipt keys) in this process: it changes whenever they may have
+// changed — an access command applied, a snapshot restored — and only
+// then, so a reader may cache what it derives from them under it. It is
+// not part of the state: replicas differ in it.
+func (c *Catalog) AccessVersion() uint64 { return c.accessVersion }
+
+func isAccessCommand(cmd *fsmv1.CatalogCommand) bool {
+	switch cmd.GetOp().(type) {
+	case *fsmv1.CatalogCommand_PutGrant, *fsmv1.CatalogCommand_RevokeGrant, *fsmv1.CatalogCommand_PutToken,
+		*fsmv1.CatalogCommand_DeleteToken, *fsmv1.CatalogCommand_RotateReceiptKey:
+		return true
+	}
+	return false
 }
 
 // restoreAccess checks and takes the access records of a snapshot.
