@@ -195,7 +195,17 @@ func (c *recvLimits) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return c.inner.Unmarshal(data, v)
 	}
-	if err := checkRequest(data, m); err != nil {
+	if n, limit := data.Len(), requestLimit(m); n > limit {
+		// Refused before it is copied.
+		c.tooLarge.Add(1)
+		c.refused.Store(v, status.Errorf(codes.ResourceExhausted, "%s of %d bytes, at most %d", m.ProtoReflect().Descriptor().Name(), n, limit))
+		return nil
+	}
+	// One copy of the request (gRPC hands it over in frames), for the
+	// check and the decode both.
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	if err := checkRequest(buf.ReadOnlyData(), m); err != nil {
 		if status.Code(err) == codes.ResourceExhausted {
 			c.tooLarge.Add(1)
 		} else {
@@ -204,8 +214,6 @@ func (c *recvLimits) Unmarshal(data mem.BufferSlice, v any) error {
 		c.refused.Store(v, err)
 		return nil
 	}
-	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-	defer buf.Free()
 	if err := proto.Unmarshal(buf.ReadOnlyData(), m); err != nil {
 		// Bad input, not a server fault: INVALID_ARGUMENT, not INTERNAL.
 		c.malformed.Add(1)
@@ -214,22 +222,24 @@ func (c *recvLimits) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
+// requestLimit is the size limit of a request of m's type.
+func requestLimit(m proto.Message) int {
+	if _, ok := m.(*qv1.EnqueueRequest); ok {
+		return publishMsgBytes
+	}
+	return otherMsgBytes
+}
+
 // checkRequest refuses a request larger than its method's limit
 // (RESOURCE_EXHAUSTED, as gRPC's own size limit) or holding more elements
 // than a valid one can (INVALID_ARGUMENT, as the batch checks after
 // decoding), without decoding it.
-func checkRequest(data mem.BufferSlice, m proto.Message) error {
-	limit := otherMsgBytes
-	if _, ok := m.(*qv1.EnqueueRequest); ok {
-		limit = publishMsgBytes
-	}
-	if n := data.Len(); n > limit {
+func checkRequest(b []byte, m proto.Message) error {
+	if n, limit := len(b), requestLimit(m); n > limit {
 		return status.Errorf(codes.ResourceExhausted, "%s of %d bytes, at most %d", m.ProtoReflect().Descriptor().Name(), n, limit)
 	}
-	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-	defer buf.Free()
 	total := 0
-	if err := countLists(buf.ReadOnlyData(), m.ProtoReflect().Descriptor(), 0, &total); err != nil {
+	if err := countLists(b, m.ProtoReflect().Descriptor(), 0, &total); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	return nil

@@ -109,7 +109,7 @@ func TestCheckRequest(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			err := checkRequest(mem.BufferSlice{mem.SliceBuffer(b)}, tc.into)
+			err := checkRequest(b, tc.into)
 			if status.Code(err) != tc.code {
 				t.Fatalf("%v, want %v", err, tc.code)
 			}
