@@ -229,6 +229,10 @@ func TestConnectionSettingsOrder(t *testing.T) {
 			context: "sel", servers: "127.0.0.1:5", ca: m.admin.CA, cert: m.admin.Cert},
 		{name: "token from env completes a context", env: map[string]string{"QUORUMQ_TOKEN": "qq_t"}, args: []string{"--cert", "", "--key", ""},
 			context: "sel", servers: "127.0.0.1:1", ca: m.admin.CA, token: "qq_t"},
+		{name: "a token given replaces the context's certificate", env: map[string]string{"QUORUMQ_TOKEN": "qq_t"},
+			context: "sel", servers: "127.0.0.1:1", ca: m.admin.CA, token: "qq_t"},
+		{name: "a certificate given replaces the context's token", env: map[string]string{"QUORUMQ_CONTEXT": "envctx"}, args: []string{"--ca", m.admin.CA, "--cert", m.admin.Cert, "--key", m.admin.Key},
+			context: "envctx", servers: "127.0.0.1:2", ca: m.admin.CA, cert: m.admin.Cert},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := settingsOf(t, c.env, c.args...)

@@ -22,7 +22,8 @@ import (
 
 // connSettings are the resolved connection settings of a run: --servers,
 // --ca, --cert, --key and --token, each from the command line, else
-// QUORUMQ_<NAME>, else the selected context, else its default.
+// QUORUMQ_<NAME>, else the selected context, else its default; the
+// credential (cert, key, token) comes whole from one place.
 type connSettings struct {
 	servers              []string
 	ca, cert, key, token string
@@ -76,14 +77,15 @@ func (a *app) connSettings() (*connSettings, error) {
 			return nil, fmt.Errorf("%w, selected by %s", err, by)
 		}
 		s.context = name
-		for _, f := range []struct {
-			flag string
-			dst  *string
-			val  string
-		}{{"ca", &s.ca, c.CA}, {"cert", &s.cert, c.Cert}, {"key", &s.key, c.Key}, {"token", &s.token, c.Token}} {
-			if !a.explicit[f.flag] && f.val != "" {
-				*f.dst = f.val
-			}
+		if !a.explicit["ca"] && c.CA != "" {
+			s.ca = c.CA
+		}
+		// The credential is one unit: a certificate, key or token given by
+		// flag or environment replaces the context's whole credential (else
+		// a context's token would win over the certificate given, since
+		// servers take a token first).
+		if !a.explicit["cert"] && !a.explicit["key"] && !a.explicit["token"] {
+			s.cert, s.key, s.token = c.Cert, c.Key, c.Token
 		}
 		if !a.explicit["servers"] && len(c.Servers) > 0 {
 			s.servers = c.Servers
