@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -168,21 +167,9 @@ func (l *Local) Client(name string) (Files, error) {
 	if err := validName(name); err != nil {
 		return Files{}, fmt.Errorf("pki: client name %q: %w", name, err)
 	}
-	f := Files{CA: filepath.Join(l.Dir, CACertFile), Cert: filepath.Join(l.Dir, "client-"+name+".pem"), Key: filepath.Join(l.Dir, "client-"+name+"-key.pem")}
-	if m, err := load(f); err == nil && m.leaf.NotAfter.After(time.Now().Add(24*time.Hour)) && namesClient(m.leaf, name) {
-		return f, nil
-	}
-	iss, err := l.CA.IssueClient(name, DefaultCertLifetime)
-	if err != nil {
-		return Files{}, err
-	}
-	if err := WriteFile(f.Key, iss.KeyPEM, 0o600, true); err != nil {
-		return Files{}, fmt.Errorf("pki: %w", err)
-	}
-	if err := WriteFile(f.Cert, iss.CertPEM, 0o644, true); err != nil {
-		return Files{}, fmt.Errorf("pki: %w", err)
-	}
-	return f, nil
+	return l.issued("client-"+name+".pem", "client-"+name+"-key.pem", func(c *x509.Certificate) bool { return namesClient(c, name) }, func() (*Issued, error) {
+		return l.CA.IssueClient(name, DefaultCertLifetime)
+	})
 }
 
 func namesClient(c *x509.Certificate, name string) bool {

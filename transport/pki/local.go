@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -55,11 +56,20 @@ func OpenLocal(dir string) (*Local, error) {
 // Node returns the files of node id, issuing its certificate if it has
 // none, or one that does not chain to the CA or expires within a day.
 func (l *Local) Node(id string) (Files, error) {
-	f := Files{CA: filepath.Join(l.Dir, CACertFile), Cert: filepath.Join(l.Dir, id+".pem"), Key: filepath.Join(l.Dir, id+"-key.pem")}
-	if m, err := load(f); err == nil && m.leaf.NotAfter.After(time.Now().Add(24*time.Hour)) && NamesNode(m.leaf, id) {
+	return l.issued(id+".pem", id+"-key.pem", func(c *x509.Certificate) bool { return NamesNode(c, id) }, func() (*Issued, error) {
+		return l.CA.IssueNode(id, []string{"localhost", "127.0.0.1"}, DefaultCertLifetime)
+	})
+}
+
+// issued returns the files cert and key in the directory, issuing them
+// anew unless they hold a certificate that chains to the CA, that names
+// (the wanted identity) and that is good for another day.
+func (l *Local) issued(cert, key string, names func(*x509.Certificate) bool, issue func() (*Issued, error)) (Files, error) {
+	f := Files{CA: filepath.Join(l.Dir, CACertFile), Cert: filepath.Join(l.Dir, cert), Key: filepath.Join(l.Dir, key)}
+	if m, err := load(f); err == nil && m.leaf.NotAfter.After(time.Now().Add(24*time.Hour)) && names(m.leaf) {
 		return f, nil
 	}
-	iss, err := l.CA.IssueNode(id, []string{"localhost", "127.0.0.1"}, DefaultCertLifetime)
+	iss, err := issue()
 	if err != nil {
 		return Files{}, err
 	}
