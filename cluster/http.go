@@ -101,8 +101,11 @@ func (n *Node) DebugAddr() string   { return n.debugAddr }
 
 // httpHandler serves /healthz (the process answers; never needs a leader),
 // /readyz (joined, catalogue loaded, local replicas caught up) and, with
-// metrics, /metrics. None needs credentials: they say nothing a client
-// could use against the cluster, and probes must reach them.
+// metrics, /metrics. None needs credentials: probes and scrapers must
+// reach them. The probes say nothing a client could use; /metrics names
+// every queue and its depth, so --metrics-addr gives it a listener of its
+// own to keep to the monitoring network (the Helm chart does, with a
+// NetworkPolicy).
 func (n *Node) httpHandler(metrics bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
