@@ -449,14 +449,14 @@ func cli(t *testing.T, ctx context.Context, c *Cluster, bin, server string, args
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	creds, err := c.AdminCLIArgs()
+	creds, err := c.AdminCLIEnv()
 	if err != nil {
 		t.Fatal(err)
 	}
-	args = append(append([]string{"--servers", server, "-o", "json", "--timeout", "20s"}, creds...), args...)
+	args = append([]string{"--servers", server, "-o", "json", "--timeout", "20s"}, args...)
 	for {
 		cmd := exec.CommandContext(ctx, bin, args...)
-		cmd.Env = serverEnv()
+		cmd.Env = append(serverEnv(), append(creds, "QUORUMQ_CONFIG_DIR="+t.TempDir())...)
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		out, err := cmd.Output()

@@ -373,9 +373,10 @@ func (c *Cluster) Wipe(i int) error {
 	return os.RemoveAll(c.DataDir(i))
 }
 
-// AdminCLIArgs are the CLI flags that make a quorumq client command the
-// cluster's admin (client certificate "admin"); none with Insecure.
-func (c *Cluster) AdminCLIArgs() ([]string, error) {
+// AdminCLIEnv are the environment variables that make a quorumq client
+// command the cluster's admin (client certificate "admin"); none with
+// Insecure. Variables, not flags: on send, --key is the partition key.
+func (c *Cluster) AdminCLIEnv() ([]string, error) {
 	if c.cfg.Insecure {
 		return nil, nil
 	}
@@ -383,7 +384,7 @@ func (c *Cluster) AdminCLIArgs() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []string{"--ca", f.CA, "--cert", f.Cert, "--key", f.Key}, nil
+	return []string{"QUORUMQ_CA=" + f.CA, "QUORUMQ_CERT=" + f.Cert, "QUORUMQ_KEY=" + f.Key}, nil
 }
 
 // AdminTLS is the client TLS configuration of the cluster's admin (client
