@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"time"
@@ -108,26 +109,19 @@ audit log with the caller's identity.`,
 				}
 				g.Queue, g.Prefix = prefix, true
 			}
-			ac, err := a.accessClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context(), 0)
-			defer cancel()
-			if op == "grant" {
-				_, err = ac.Grant(ctx, &qv1.GrantRequest{Grant: g})
-			} else {
-				_, err = ac.Revoke(ctx, &qv1.RevokeRequest{Grant: g})
-			}
-			if err != nil {
-				return err
-			}
-			if a.jsonOut() {
-				return writeJSON(a.stdout, g)
-			}
 			verb := map[string]string{"grant": "granted", "revoke": "revoked"}[op]
-			fmt.Fprintf(a.stdout, "%s: %s %s %s\n", verb, g.GetIdentity(), permissionName(g.GetPermission()), grantScope(g))
-			return nil
+			return a.accessCall(cmd, func(ctx context.Context, ac qv1.AccessServiceClient) (proto.Message, error) {
+				var err error
+				if op == "grant" {
+					_, err = ac.Grant(ctx, &qv1.GrantRequest{Grant: g})
+				} else {
+					_, err = ac.Revoke(ctx, &qv1.RevokeRequest{Grant: g})
+				}
+				return g, err
+			}, func(proto.Message) error {
+				_, err := fmt.Fprintf(a.stdout, "%s: %s %s %s\n", verb, g.GetIdentity(), permissionName(g.GetPermission()), grantScope(g))
+				return err
+			})
 		},
 	}
 	cmd.Flags().StringVar(&queue, "queue", "", "the queue, named exactly")
@@ -156,29 +150,21 @@ func (a *app) aclListCmd() *cobra.Command {
 		Example: "  quorumq acl list\n  quorumq acl list --identity worker -o json",
 		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ac, err := a.accessClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context(), 0)
-			defer cancel()
-			resp, err := ac.ListGrants(ctx, &qv1.ListGrantsRequest{Identity: identity})
-			if err != nil {
-				return err
-			}
-			if a.jsonOut() {
-				return writeJSON(a.stdout, resp)
-			}
-			t := newTable(a.stdout, "IDENTITY", "PERMISSION", "SCOPE")
-			for _, id := range resp.GetAdminIdentities() {
-				if identity == "" || identity == id {
-					t.row(id, "admin", "(cluster, by --admin-identities)")
+			return a.accessCall(cmd, func(ctx context.Context, ac qv1.AccessServiceClient) (proto.Message, error) {
+				return ac.ListGrants(ctx, &qv1.ListGrantsRequest{Identity: identity})
+			}, func(m proto.Message) error {
+				resp := m.(*qv1.ListGrantsResponse)
+				t := newTable(a.stdout, "IDENTITY", "PERMISSION", "SCOPE")
+				for _, id := range resp.GetAdminIdentities() {
+					if identity == "" || identity == id {
+						t.row(id, "admin", "(cluster, by --admin-identities)")
+					}
 				}
-			}
-			for _, g := range resp.GetGrants() {
-				t.row(g.GetIdentity(), permissionName(g.GetPermission()), strings.TrimPrefix(grantScope(g), "on "))
-			}
-			return t.flush()
+				for _, g := range resp.GetGrants() {
+					t.row(g.GetIdentity(), permissionName(g.GetPermission()), strings.TrimPrefix(grantScope(g), "on "))
+				}
+				return t.flush()
+			})
 		},
 	}
 	cmd.Flags().StringVar(&identity, "identity", "", "only this identity's grants")
@@ -192,28 +178,20 @@ func (a *app) whoamiCmd() *cobra.Command {
 		Example: "  quorumq acl whoami\n  quorumq --context prod acl whoami",
 		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ac, err := a.accessClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context(), 0)
-			defer cancel()
-			resp, err := ac.WhoAmI(ctx, &qv1.WhoAmIRequest{})
-			if err != nil {
-				return err
-			}
-			if a.jsonOut() {
-				return writeJSON(a.stdout, resp)
-			}
-			who := resp.GetIdentity()
-			if resp.GetMethod() == "insecure" {
-				who = "(nobody: the cluster runs --insecure, everything is allowed)"
-			}
-			fmt.Fprintf(a.stdout, "identity: %s\nauthenticated by: %s\nadmin: %v\n", who, resp.GetMethod(), resp.GetAdmin())
-			for _, g := range resp.GetGrants() {
-				fmt.Fprintf(a.stdout, "grant: %s %s\n", permissionName(g.GetPermission()), grantScope(g))
-			}
-			return nil
+			return a.accessCall(cmd, func(ctx context.Context, ac qv1.AccessServiceClient) (proto.Message, error) {
+				return ac.WhoAmI(ctx, &qv1.WhoAmIRequest{})
+			}, func(m proto.Message) error {
+				resp := m.(*qv1.WhoAmIResponse)
+				who := resp.GetIdentity()
+				if resp.GetMethod() == "insecure" {
+					who = "(nobody: the cluster runs --insecure, everything is allowed)"
+				}
+				fmt.Fprintf(a.stdout, "identity: %s\nauthenticated by: %s\nadmin: %v\n", who, resp.GetMethod(), resp.GetAdmin())
+				for _, g := range resp.GetGrants() {
+					fmt.Fprintf(a.stdout, "grant: %s %s\n", permissionName(g.GetPermission()), grantScope(g))
+				}
+				return nil
+			})
 		},
 	}
 }
@@ -231,21 +209,12 @@ client sends it as 'authorization: Bearer <token>', over TLS only.`,
   quorumq --token qq_… send builds.app hello`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ac, err := a.accessClient()
-			if err != nil {
+			return a.accessCall(cmd, func(ctx context.Context, ac qv1.AccessServiceClient) (proto.Message, error) {
+				return ac.CreateToken(ctx, &qv1.CreateTokenRequest{Identity: args[0], Description: description})
+			}, func(m proto.Message) error {
+				_, err := fmt.Fprintln(a.stdout, m.(*qv1.CreateTokenResponse).GetToken())
 				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context(), 0)
-			defer cancel()
-			resp, err := ac.CreateToken(ctx, &qv1.CreateTokenRequest{Identity: args[0], Description: description})
-			if err != nil {
-				return err
-			}
-			if a.jsonOut() {
-				return writeJSON(a.stdout, resp)
-			}
-			fmt.Fprintln(a.stdout, resp.GetToken())
-			return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&description, "description", "", "what the token is for (at most 256 bytes)")
@@ -259,29 +228,15 @@ func (a *app) tokenListCmd() *cobra.Command {
 		Example: "  quorumq acl token list",
 		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ac, err := a.accessClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callCtx(cmd.Context(), 0)
-			defer cancel()
-			resp, err := ac.ListTokens(ctx, &qv1.ListTokensRequest{})
-			if err != nil {
-				return err
-			}
-			if a.jsonOut() {
-				for _, t := range resp.GetTokens() {
-					if err := writeJSON(a.stdout, t); err != nil {
-						return err
-					}
+			return a.accessCall(cmd, func(ctx context.Context, ac qv1.AccessServiceClient) (proto.Message, error) {
+				return ac.ListTokens(ctx, &qv1.ListTokensRequest{})
+			}, func(m proto.Message) error {
+				t := newTable(a.stdout, "ID", "IDENTITY", "CREATED", "DESCRIPTION")
+				for _, tok := range m.(*qv1.ListTokensResponse).GetTokens() {
+					t.row(tok.GetId(), tok.GetIdentity(), tok.GetCreatedAt().AsTime().Format(time.RFC3339), tok.GetDescription())
 				}
-				return nil
-			}
-			t := newTable(a.stdout, "ID", "IDENTITY", "CREATED", "DESCRIPTION")
-			for _, tok := range resp.GetTokens() {
-				t.row(tok.GetId(), tok.GetIdentity(), tok.GetCreatedAt().AsTime().Format(time.RFC3339), tok.GetDescription())
-			}
-			return t.flush()
+				return t.flush()
+			})
 		},
 	}
 }
@@ -293,9 +248,9 @@ func (a *app) tokenDeleteCmd() *cobra.Command {
 		Example: "  quorumq acl token delete 0123456789abcdef",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.accessCall(cmd, func(ac qv1.AccessServiceClient) (proto.Message, error) {
-				return ac.DeleteToken(cmd.Context(), &qv1.DeleteTokenRequest{Id: args[0]})
-			}, "deleted token "+args[0])
+			return a.accessCall(cmd, func(ctx context.Context, ac qv1.AccessServiceClient) (proto.Message, error) {
+				return ac.DeleteToken(ctx, &qv1.DeleteTokenRequest{Id: args[0]})
+			}, a.says("deleted token "+args[0]))
 		},
 	}
 }
@@ -312,30 +267,36 @@ longer be acked (their messages come back when the lease ends).`,
 		Example: "  quorumq acl rotate-receipt-key",
 		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.accessCall(cmd, func(ac qv1.AccessServiceClient) (proto.Message, error) {
-				return ac.RotateReceiptKey(cmd.Context(), &qv1.RotateReceiptKeyRequest{})
-			}, "receipt key rotated")
+			return a.accessCall(cmd, func(ctx context.Context, ac qv1.AccessServiceClient) (proto.Message, error) {
+				return ac.RotateReceiptKey(ctx, &qv1.RotateReceiptKeyRequest{})
+			}, a.says("receipt key rotated"))
 		},
 	}
 }
 
 // accessCall runs one AccessService call within --timeout and prints its
-// answer (json) or done.
-func (a *app) accessCall(cmd *cobra.Command, call func(qv1.AccessServiceClient) (proto.Message, error), done string) error {
+// answer: JSON with -o json, else by table.
+func (a *app) accessCall(cmd *cobra.Command, call func(context.Context, qv1.AccessServiceClient) (proto.Message, error), table func(proto.Message) error) error {
 	ac, err := a.accessClient()
 	if err != nil {
 		return err
 	}
 	ctx, cancel := a.callCtx(cmd.Context(), 0)
 	defer cancel()
-	cmd.SetContext(ctx)
-	resp, err := call(ac)
+	resp, err := call(ctx, ac)
 	if err != nil {
 		return err
 	}
 	if a.jsonOut() {
 		return writeJSON(a.stdout, resp)
 	}
-	fmt.Fprintln(a.stdout, done)
-	return nil
+	return table(resp)
+}
+
+// says prints line, whatever the answer.
+func (a *app) says(line string) func(proto.Message) error {
+	return func(proto.Message) error {
+		_, err := fmt.Fprintln(a.stdout, line)
+		return err
+	}
 }
