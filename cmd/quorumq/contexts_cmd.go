@@ -139,7 +139,9 @@ func (a *app) contextUseCmd() *cobra.Command {
 		Use:   "use NAME",
 		Short: "Select a context: later commands take their connection settings from it",
 		Long: `Select context NAME: commands take from it every connection setting that
-neither a flag nor QUORUMQ_<NAME> sets. --context and QUORUMQ_CONTEXT pick
+neither a flag nor QUORUMQ_<NAME> sets (the credential — certificate, key,
+token — as one: giving any of them replaces the context's). --context and
+QUORUMQ_CONTEXT pick
 another context for one command or one shell.`,
 		Example: `  quorumq context use prod`,
 		Args:    exactArgs(1),
