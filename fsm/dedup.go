@@ -2,12 +2,9 @@ package fsm
 
 import "crypto/sha256"
 
-// dedupKey identifies a dedup id by the first 16 bytes of its SHA-256. At
-// tens of millions of remembered ids per node (a five-minute window at
-// 100,000 messages/s), fixed-size keys without pointers keep the table
-// compact and invisible to the garbage collector. A cryptographic hash means
-// no producer can craft an id that collides with another's (2^-128 per pair
-// by chance).
+// dedupKey identifies a dedup id by the first 16 bytes of its SHA-256:
+// fixed-size keys, and no producer can craft an id that collides with
+// another's (2^-128 per pair by chance).
 type dedupKey [16]byte
 
 func keyOf(id string) dedupKey {
@@ -15,8 +12,10 @@ func keyOf(id string) dedupKey {
 	return dedupKey(sum[:16])
 }
 
-// dedupRecord is a dedup id in the order it was first seen. Entries are
-// forgotten from the front once their window has passed.
+// dedupRecord is a dedup id in the order it was first seen (the f
+// ordering). Entries are forgotten from the front once their window has
+// passed; a record whose id has a newer entry in u is superseded and
+// skipped.
 type dedupRecord struct {
 	key       dedupKey
 	seq       uint64
@@ -26,41 +25,54 @@ type dedupRecord struct {
 // dedupOn reports whether dedup id is to be checked and remembered.
 func (p *Partition) dedupOn(id string) bool { return id != "" && p.settings.GetDedupWindow() > 0 }
 
-// dedupLookup returns the sequence first stored under key, if it is still
-// within its window; known says whether the table holds key at all.
-func (p *Partition) dedupLookup(key dedupKey) (seq uint64, dup, known bool) {
-	e, ok := p.dedup[key]
-	if !ok || e.expiresAt <= p.now {
-		return 0, false, ok
+// dedupLookup returns the entry under key, whether it is still within its
+// window (dup), and whether the table holds key at all (known).
+func (p *Partition) dedupLookup(key dedupKey) (cur dedupRecord, dup, known bool) {
+	v, ok := p.kv.Get(dedupKeyOf(key))
+	if !ok {
+		return dedupRecord{}, false, false
 	}
-	return e.seq, true, true
+	if len(v) != 16 {
+		badValue("dedup", 0)
+	}
+	cur = dedupRecord{key: key, seq: u64at(v, 0), expiresAt: int64(u64at(v, 8))}
+	return cur, cur.expiresAt > p.now, true
 }
 
-// dedupRemember records key for seq for the queue's dedup window; known is
-// dedupLookup's answer for key.
-func (p *Partition) dedupRemember(key dedupKey, seq uint64, known bool) {
-	exp := p.now + p.settings.GetDedupWindow()
-	if known {
+// dedupRemember records key for seq for the queue's dedup window; old is
+// the table's expired entry for key, if it still holds one.
+func (p *Partition) dedupRemember(key dedupKey, seq uint64, old *dedupRecord) {
+	r := dedupRecord{key: key, seq: seq, expiresAt: p.now + p.settings.GetDedupWindow()}
+	if old != nil {
 		// An expired entry not yet forgotten (its window was longer than
-		// those after it): its record in the FIFO is superseded.
-		p.dedupStale++
+		// those after it): its FIFO record is superseded.
+		p.dedupFactOut(old)
+	} else {
+		p.dedupLive++
 	}
-	p.dedup[key] = dedupEntry{seq: seq, expiresAt: exp}
-	p.dedupFIFO.pushBack(dedupRecord{key: key, seq: seq, expiresAt: exp})
-	if len(p.dedup) > p.dedupPeak {
-		p.dedupPeak = len(p.dedup)
-	}
+	p.kv.Set(dedupKeyOf(key), dedupValue(seq, r.expiresAt))
+	p.fifo.put(p.kv, key1(kFIFO, p.fifoTail), fifoValue(r))
+	p.fifoTail++
+	p.dedupFactIn(&r)
 }
 
 // dedupExpire forgets the dedup ids whose window has passed, oldest first.
 func (p *Partition) dedupExpire() {
-	for e, ok := p.dedupFIFO.front(); ok && e.expiresAt <= p.now; e, ok = p.dedupFIFO.front() {
-		p.dedupFIFO.popFront()
-		if cur, ok := p.dedup[e.key]; ok && cur.expiresAt == e.expiresAt {
-			delete(p.dedup, e.key)
-		} else {
-			p.dedupStale--
+	for {
+		k, v, ok := p.fifo.min(p.kv, p.fifoHead == p.fifoTail)
+		if !ok {
+			return
+		}
+		r := decodeFIFO(v)
+		if r.expiresAt > p.now {
+			return
+		}
+		p.fifo.del(p.kv, k)
+		p.fifoHead++
+		if cur, _, known := p.dedupLookup(r.key); known && cur.expiresAt == r.expiresAt && cur.seq == r.seq {
+			p.kv.Delete(dedupKeyOf(r.key))
+			p.dedupLive--
+			p.dedupFactOut(&r)
 		}
 	}
-	p.dedup = shrinkMap(p.dedup, &p.dedupPeak)
 }

@@ -24,8 +24,16 @@ import (
 // properties that need no model at all: an acked message is never delivered
 // again, epochs grow, and first deliveries of plain messages are FIFO.
 func TestPartitionModel(t *testing.T) {
+	runPartitionModel(t, NewPartition)
+}
+
+// runPartitionModel runs the model test on partitions newPart makes (in
+// memory, or in a disk store: model_disk_test.go).
+func runPartitionModel(t *testing.T, newPart func() *Partition) {
 	rapid.Check(t, func(t *rapid.T) {
 		h := newModelHarness()
+		h.newPart = newPart
+		h.p = newPart()
 		// One run in ten works in bulk (batches and receives of up to a
 		// thousand messages), so that the partition's ring, heaps and maps
 		// grow past their initial sizes and shrink back.
@@ -36,9 +44,35 @@ func TestPartitionModel(t *testing.T) {
 		n := rapid.IntRange(minCmds, maxCmds).Draw(t, "commands")
 		for i := range n {
 			h.step(t, i)
+			// The Raft adapter commits once per batch of commands; here a
+			// batch is one to three commands.
+			if rapid.IntRange(0, 2).Draw(t, "commit") == 0 {
+				h.commit(t)
+			}
 			h.check(t)
 		}
 	})
+}
+
+// commit commits the partition's writes as the Raft adapter does after a
+// batch, then, one time in ten, reopens the partition from its store (a
+// restart).
+func (h *modelHarness) commit(t *rapid.T) {
+	h.applied++
+	if err := h.p.commit(h.applied); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	if rapid.IntRange(0, 9).Draw(t, "reopen") == 0 {
+		before := h.p.Stats()
+		p, err := OpenPartition(h.p.kv)
+		if err != nil {
+			t.Fatalf("reopen: %v", err)
+		}
+		if p.Stats() != before || p.Checksum() != h.p.Checksum() || p.applied != h.applied {
+			t.Fatalf("reopened partition differs: %+v / %+v", p.Stats(), before)
+		}
+		h.p = p
+	}
 }
 
 type mdlReceipt struct {
@@ -49,6 +83,8 @@ type mdlReceipt struct {
 type modelHarness struct {
 	scale    int // 1, or larger in bulk runs: scales sizes and limits
 	p        *Partition
+	newPart  func() *Partition
+	applied  uint64 // index of the last commit
 	m        *partitionModel
 	receipts []mdlReceipt // every receipt ever handed out
 
@@ -394,7 +430,7 @@ func (h *modelHarness) opConfigure(t *rapid.T, i int) {
 // and half the time carries on with the copy.
 func (h *modelHarness) opSnapshot(t *rapid.T, i int) {
 	orig := mdlSnapBytes(t, h.p)
-	q := NewPartition()
+	q := h.newPart()
 	if err := q.Restore(bytes.NewReader(orig)); err != nil {
 		t.Fatalf("#%d restore: %v", i, err)
 	}
@@ -576,7 +612,14 @@ func mdlSnapSeqs(ms []*fsmv1.SnapshotMessage) []uint64 {
 
 func mdlSnapBytes(t interface{ Fatalf(string, ...any) }, p *Partition) []byte {
 	var b bytes.Buffer
-	if _, err := p.Snapshot().WriteTo(&b); err != nil {
+	// A snapshot is of the committed state (the adapter takes it between
+	// batches).
+	if err := p.kv.Commit(); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	s := p.Snapshot()
+	defer s.Close()
+	if _, err := s.WriteTo(&b); err != nil {
 		t.Fatalf("writing snapshot: %v", err)
 	}
 	return b.Bytes()

@@ -1,6 +1,10 @@
 package fsm
 
-import fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
+import (
+	"bytes"
+
+	fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
+)
 
 // enqueue stores a batch of messages, or none of them when the batch does
 // not fit under max_messages/max_bytes.
@@ -11,47 +15,44 @@ func (p *Partition) enqueue(msgs []newMsg, res *Result) {
 		return
 	}
 	res.Enqueued = make([]Enqueued, len(msgs))
-	// Allocate the batch's messages in one block: one allocation instead of
-	// one per message. A block lives as long as any of its messages.
-	block := make([]message, len(msgs))
 	for i := range msgs {
 		nm := &msgs[i]
 		dedup := p.dedupOn(nm.dedupID)
 		var key dedupKey
-		var known bool
+		var old *dedupRecord
 		if dedup {
 			key = keyOf(nm.dedupID)
-			var seq uint64
-			var dup bool
-			if seq, dup, known = p.dedupLookup(key); dup {
-				res.Enqueued[i] = Enqueued{Seq: seq, Duplicate: true}
+			cur, dup, known := p.dedupLookup(key)
+			if dup {
+				res.Enqueued[i] = Enqueued{Seq: cur.seq, Duplicate: true}
 				continue
+			}
+			if known {
+				old = &cur
 			}
 		}
 		seq := p.nextSeq
 		p.nextSeq++
-		m := &block[i]
-		*m = message{
-			seq:        seq,
-			enqueuedAt: p.now,
-			payload:    nm.payload,
-			key:        nm.key,
-			headers:    nm.headers,
-			size:       uint32(nm.size()),
-			hidx:       -1,
-		}
-		p.bytes += uint64(m.size)
+		size := uint32(nm.size())
+		body, crc := encodeBody(p.now, size, nm.payload, nm.key, nm.headers)
+		p.kv.Set(key1(kBody, seq), body)
+		m := msgState{seq: seq, enqueuedAt: p.now, size: size, bodyCRC: crc}
+		p.bytes += uint64(size)
 		p.enqueuedTotal++
 		if d := nm.delay; d > 0 {
-			m.state = stateDelayed
-			m.until = p.now + d
-			p.delayed.push(m)
+			m.state, m.until = stateDelayed, p.now+d
+			p.kv.Set(key1(kState, seq), m.encode())
+			p.delayed.put(p.kv, key2(kDelayed, uint64(m.until), seq), nil)
 			p.nDelayed++
+			p.factIn(&m)
 		} else {
-			p.makeReady(m)
+			m.state, m.fresh = stateReady, true
+			p.ready.put(p.kv, key1(kReady, seq), readyValue(&m))
+			p.nReady++
+			p.factIn(&m)
 		}
 		if dedup {
-			p.dedupRemember(key, seq, known)
+			p.dedupRemember(key, seq, old)
 		}
 		res.Enqueued[i] = Enqueued{Seq: seq}
 	}
@@ -98,6 +99,23 @@ func (p *Partition) fits(msgs []newMsg) bool {
 	return within(n, b)
 }
 
+// popReady removes and returns the ready message with the lowest sequence,
+// its fact out of the sum.
+func (p *Partition) popReady() (msgState, bool) {
+	k, v, ok := p.ready.min(p.kv, p.nReady == 0)
+	if !ok {
+		return msgState{}, false
+	}
+	m := decodeReady(u64at(k, 1), v)
+	if !m.fresh {
+		m = p.loadState(m.seq)
+	}
+	p.factOut(&m)
+	p.ready.del(p.kv, k)
+	p.nReady--
+	return m, true
+}
+
 // receive leases up to r.Max ready messages in sequence order.
 func (p *Partition) receive(r *fsmv1.Receive, res *Result) {
 	vis := r.GetVisibilityTimeout()
@@ -108,70 +126,82 @@ func (p *Partition) receive(r *fsmv1.Receive, res *Result) {
 	res.Delivered = make([]Delivery, 0, min(uint64(want), p.nReady))
 	var size uint64
 	for len(res.Delivered) < want {
-		if next := p.peekReady(); next == nil ||
-			r.GetMaxBytes() > 0 && len(res.Delivered) > 0 && size+uint64(next.size) > r.GetMaxBytes() {
+		_, v, ok := p.ready.min(p.kv, p.nReady == 0)
+		if !ok {
 			break
 		}
-		m := p.popReady()
+		if next := decodeReady(0, v); r.GetMaxBytes() > 0 && len(res.Delivered) > 0 && size+uint64(next.size) > r.GetMaxBytes() {
+			break
+		}
+		m, _ := p.popReady()
 		// max_deliveries may have been lowered since m was released.
-		if p.maxedOut(m) {
-			p.deadLetter(m, ReasonMaxDeliveries)
+		if p.maxedOut(&m) {
+			p.deadLetter(&m, ReasonMaxDeliveries)
 			res.DeadLettered++
 			continue
 		}
 		size += uint64(m.size)
 		m.state = stateLeased
+		m.fresh = false
 		m.deliveries++
 		m.epoch++
 		m.until = p.now + vis
 		m.consumer = r.GetConsumer()
-		p.leases.push(m)
-		p.bySeq[m.seq] = m
+		p.kv.Set(key1(kState, m.seq), m.encode())
+		p.leases.put(p.kv, key2(kLeased, uint64(m.until), m.seq), nil)
 		p.nLeased++
+		p.factIn(&m)
+		body, ok := p.kv.Get(key1(kBody, m.seq))
+		if !ok {
+			badValue("missing body", m.seq)
+		}
+		payload, key, headers := decodeBody(m.seq, body)
 		res.Delivered = append(res.Delivered, Delivery{
 			Seq:        m.seq,
 			Epoch:      m.epoch,
 			Deliveries: m.deliveries,
 			Deadline:   m.until,
 			EnqueuedAt: m.enqueuedAt,
-			Payload:    m.payload,
-			Key:        m.key,
-			Headers:    m.headers,
+			Payload:    payload,
+			Key:        key,
+			Headers:    headers,
 		})
-	}
-	if len(p.bySeq) > p.bySeqPeak {
-		p.bySeqPeak = len(p.bySeq)
 	}
 }
 
 // lease finds the message a receipt names and whether the receipt is its
 // current lease.
-func (p *Partition) lease(ref *fsmv1.LeaseRef) (*message, LeaseOutcome) {
-	m, ok := p.bySeq[ref.GetSeq()]
+func (p *Partition) lease(ref *fsmv1.LeaseRef) (msgState, LeaseOutcome) {
+	v, ok := p.kv.Get(key1(kState, ref.GetSeq()))
+	if !ok {
+		return msgState{}, LeaseUnknown
+	}
+	m := decodeState(ref.GetSeq(), v)
 	switch {
-	case !ok:
-		return nil, LeaseUnknown
+	case m.state != stateLeased && m.state != stateDead:
+		// Ready or delayed messages are never named by a receipt.
+		return msgState{}, LeaseUnknown
 	case m.state != stateLeased || m.epoch != ref.GetEpoch():
-		return nil, LeaseStale
+		return msgState{}, LeaseStale
 	}
 	return m, LeaseOK
 }
 
 // forLeases calls fn for every receipt that matches a current lease, and
 // records each receipt's outcome.
-func (p *Partition) forLeases(refs []*fsmv1.LeaseRef, res *Result, fn func(*message)) {
+func (p *Partition) forLeases(refs []*fsmv1.LeaseRef, res *Result, fn func(*msgState)) {
 	res.Leases = make([]LeaseOutcome, len(refs))
 	for i, ref := range refs {
 		m, out := p.lease(ref)
 		res.Leases[i] = out
 		if out == LeaseOK {
-			fn(m)
+			fn(&m)
 		}
 	}
 }
 
 func (p *Partition) ack(a *fsmv1.Ack, res *Result) {
-	p.forLeases(a.GetLeases(), res, func(m *message) {
+	p.forLeases(a.GetLeases(), res, func(m *msgState) {
 		p.unlease(m)
 		p.drop(m)
 		p.ackedTotal++
@@ -179,7 +209,7 @@ func (p *Partition) ack(a *fsmv1.Ack, res *Result) {
 }
 
 func (p *Partition) requeue(r *fsmv1.Requeue, res *Result) {
-	p.forLeases(r.GetLeases(), res, func(m *message) {
+	p.forLeases(r.GetLeases(), res, func(m *msgState) {
 		p.unlease(m)
 		p.release(m, r.GetDelay())
 	})
@@ -190,9 +220,13 @@ func (p *Partition) extend(x *fsmv1.ExtendLease, res *Result) {
 	if vis == 0 {
 		vis = p.settings.GetVisibilityTimeout()
 	}
-	p.forLeases(x.GetLeases(), res, func(m *message) {
+	p.forLeases(x.GetLeases(), res, func(m *msgState) {
+		p.factOut(m)
+		p.leases.del(p.kv, key2(kLeased, uint64(m.until), m.seq))
 		m.until = p.now + vis
-		p.leases.fix(m)
+		p.kv.Set(key1(kState, m.seq), m.encode())
+		p.leases.put(p.kv, key2(kLeased, uint64(m.until), m.seq), nil)
+		p.factIn(m)
 	})
 }
 
@@ -201,60 +235,96 @@ func (p *Partition) reject(r *fsmv1.Reject, res *Result) {
 	if reason == "" {
 		reason = ReasonRejected
 	}
-	p.forLeases(r.GetLeases(), res, func(m *message) {
+	p.forLeases(r.GetLeases(), res, func(m *msgState) {
 		p.unlease(m)
 		p.deadLetter(m, reason)
 	})
 }
 
+// undead takes m off the dead-letter list (its fact out); it is then in no
+// state.
+func (p *Partition) undead(m *msgState) {
+	p.factOut(m)
+	p.dead.del(p.kv, key1(kDead, m.deadOrder))
+	p.nDead--
+}
+
 // redrive moves dead messages back to ready with their delivery count reset:
 // the named sequences, or else the oldest dead messages up to r.Max (0 = all).
 func (p *Partition) redrive(r *fsmv1.Redrive, res *Result) {
-	var move []*message
+	var moved uint64
 	if seqs := r.GetSeqs(); len(seqs) > 0 {
 		for _, seq := range seqs {
-			if m, ok := p.bySeq[seq]; ok && m.state == stateDead {
-				p.undead(m) // undead now, so a repeated seq is moved once
-				move = append(move, m)
+			v, ok := p.kv.Get(key1(kState, seq))
+			if !ok {
+				continue
+			}
+			if m := decodeState(seq, v); m.state == stateDead {
+				p.undead(&m) // undead now, so a repeated seq is moved once
+				m.deliveries = 0
+				p.makeReady(&m)
+				moved++
 			}
 		}
 	} else {
-		p.dead.Ascend(func(m *message) bool {
-			move = append(move, m)
-			return r.GetMax() == 0 || uint64(len(move)) < r.GetMax()
-		})
-		for _, m := range move {
-			p.undead(m)
+		for r.GetMax() == 0 || moved < r.GetMax() {
+			_, v, ok := p.dead.min(p.kv, p.nDead == 0)
+			if !ok {
+				break
+			}
+			m := p.loadState(u64at(v, 0))
+			p.undead(&m)
+			m.deliveries = 0
+			p.makeReady(&m)
+			moved++
 		}
 	}
-	for _, m := range move {
-		m.deliveries = 0
-		p.makeReady(m)
-	}
-	res.Moved = uint64(len(move))
+	res.Moved = moved
 }
 
 // purge deletes every ready and delayed message, and/or every dead one.
-// Leased messages are left to their consumers.
+// Leased messages are left to their consumers. It reads every purged
+// message's state (to keep the checksum and byte count), in bounded chunks.
 func (p *Partition) purge(x *fsmv1.Purge, res *Result) {
 	if x.GetReady() {
-		for p.ready.len() > 0 {
-			p.drop(p.ready.popFront())
-		}
-		p.ready.reset()
-		p.returned.clear(p.drop)
-		p.delayed.clear(p.drop)
 		res.PurgedReady = p.nReady + p.nDelayed
-		p.nReady, p.nDelayed = 0, 0
+		p.purgeIndex(&p.ready, &p.nReady, func(k, v []byte) msgState {
+			m := decodeReady(u64at(k, 1), v)
+			if !m.fresh {
+				m = p.loadState(m.seq)
+			}
+			return m
+		})
+		p.purgeIndex(&p.delayed, &p.nDelayed, func(k, _ []byte) msgState { return p.loadState(u64at(k, 9)) })
 	}
 	if x.GetDead() {
-		p.dead.Ascend(func(m *message) bool {
-			p.delBySeq(m.seq)
-			p.drop(m)
-			return true
-		})
-		p.dead.Clear(false)
 		res.PurgedDead = p.nDead
-		p.nDead = 0
+		p.purgeIndex(&p.dead, &p.nDead, func(_, v []byte) msgState { return p.loadState(u64at(v, 0)) })
 	}
+}
+
+// purgeIndex drops every message of one ordering.
+func (p *Partition) purgeIndex(x *ordIndex, n *uint64, load func(k, v []byte) msgState) {
+	const chunk = 1024
+	var from []byte
+	for *n > 0 {
+		type kvp struct{ k, v []byte }
+		var batch []kvp
+		x.scan(p.kv, from, func(k, v []byte) bool {
+			batch = append(batch, kvp{bytes.Clone(k), bytes.Clone(v)})
+			return len(batch) < chunk
+		})
+		if len(batch) == 0 {
+			badValue("ordering shorter than its count", 0)
+		}
+		for _, e := range batch {
+			m := load(e.k, e.v)
+			p.factOut(&m)
+			x.del(p.kv, e.k)
+			*n--
+			p.drop(&m)
+		}
+		from = append(batch[len(batch)-1].k, 0)
+	}
+	x.clear(p.kv)
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/google/btree"
 	"google.golang.org/protobuf/proto"
 
 	fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
@@ -20,74 +19,70 @@ const (
 	ReasonRejected      = "rejected"
 )
 
-// Partition is the state of one queue partition. It is not safe for
+// Partition is the state of one queue partition, kept in a KV (kvlayout.go):
+// its memory is a few hundred bytes whatever it stores. It is not safe for
 // concurrent use; the Raft adapter (RaftFSM) serialises access.
 type Partition struct {
+	kv       KV
 	settings *fsmv1.Settings
-	now      int64
-	nextSeq  uint64
+	meta
 
-	// Ready messages live in ready (appended in sequence order) or, when they
-	// come back behind its tail (lease expiry, requeue, redrive, a delay
-	// ending), in returned. Receive takes the lower sequence of the two
-	// fronts, so delivery is in sequence order.
-	ready        ring[*message]
-	returned     msgHeap
-	lastAppended uint64
-
-	delayed msgHeap // by due time
-	leases  msgHeap // by lease deadline
-
-	// bySeq finds leased and dead messages, the ones a receipt or a redrive
-	// names. Ready and delayed messages are never looked up by sequence.
-	bySeq     map[uint64]*message
-	bySeqPeak int
-
-	dead      *btree.BTreeG[*message] // by deadOrder; deadAt grows with it
-	deadOrder uint64
-
-	dedup     map[dedupKey]dedupEntry
-	dedupPeak int
-	dedupFIFO ring[dedupRecord]
-	// dedupStale counts FIFO records superseded by a newer entry for the
-	// same id; while it is 0 every record is its id's current entry.
-	dedupStale int
-
-	nReady, nDelayed, nLeased, nDead uint64
-	bytes                            uint64
-
-	enqueuedTotal, ackedTotal, deadLetteredTotal, expiredTotal uint64
+	ready, delayed, leases, dead, fifo ordIndex
 }
 
-type dedupEntry struct {
-	seq       uint64
-	expiresAt int64
-}
-
-// NewPartition returns an empty partition with DefaultSettings.
+// NewPartition returns an empty partition with DefaultSettings, in memory.
 func NewPartition() *Partition {
-	p := &Partition{}
-	p.reset()
+	p, err := OpenPartition(NewMemKV())
+	if err != nil {
+		panic(err) // an empty KV always opens
+	}
 	return p
 }
 
-func (p *Partition) reset() {
-	*p = Partition{
-		settings: DefaultSettings(),
-		nextSeq:  1,
-		returned: msgHeap{},
-		delayed:  msgHeap{byUntil: true},
-		leases:   msgHeap{byUntil: true},
-		bySeq:    make(map[uint64]*message),
-		dead:     btree.NewG(16, func(a, b *message) bool { return a.deadOrder < b.deadOrder }),
-		dedup:    make(map[dedupKey]dedupEntry),
+// OpenPartition returns the partition whose state kv holds, or an empty one
+// with DefaultSettings if kv holds none.
+func OpenPartition(kv KV) (*Partition, error) {
+	p := &Partition{kv: kv}
+	p.initIndexes()
+	v, ok := kv.Get(metaKey)
+	if !ok {
+		p.resetMeta()
+		return p, nil
 	}
+	m, err := decodeMeta(v)
+	if err != nil {
+		return nil, err
+	}
+	var s fsmv1.Settings
+	if err := proto.Unmarshal(m.settings, &s); err != nil {
+		return nil, fmt.Errorf("partition record: settings: %w", err)
+	}
+	m.settings = nil
+	p.meta, p.settings = m, &s
+	return p, nil
+}
+
+func (p *Partition) initIndexes() {
+	p.ready, p.delayed, p.leases, p.dead, p.fifo = newIndex(kReady), newIndex(kDelayed), newIndex(kLeased), newIndex(kDead), newIndex(kFIFO)
+}
+
+func (p *Partition) resetMeta() {
+	p.meta = meta{nextSeq: 1}
+	p.settings = DefaultSettings()
+}
+
+// commit writes the partition record (with applied, the Raft index of the
+// last entry applied) and commits the KV's writes as one unit.
+func (p *Partition) commit(applied uint64) error {
+	p.applied = applied
+	m := p.meta
+	m.settings, _ = deterministic.Marshal(p.settings)
+	p.kv.Set(metaKey, m.encode())
+	return p.kv.Commit()
 }
 
 // ApplyEncoded decodes and applies one encoded Command. Input that does not
-// decode is refused as Invalid and changes nothing. Stored messages may
-// share memory with data (payloads are not copied), so the caller must not
-// modify data afterwards; Raft never modifies a committed entry.
+// decode is refused as Invalid and changes nothing.
 func (p *Partition) ApplyEncoded(data []byte) *Result {
 	if version, stamp, msgs, ok := decodeEnqueue(data); ok {
 		if version != CommandVersion {
@@ -111,9 +106,7 @@ func (p *Partition) ApplyEncoded(data []byte) *Result {
 	return p.Apply(&c)
 }
 
-// Apply applies one command. The partition keeps no reference to c, but a
-// stored message shares its payload, key and headers, which the caller must
-// not modify afterwards.
+// Apply applies one command. The partition keeps no reference to c.
 func (p *Partition) Apply(c *fsmv1.Command) *Result {
 	if err := ValidateCommand(c); err != nil {
 		code := Invalid
@@ -155,91 +148,99 @@ func (p *Partition) Apply(c *fsmv1.Command) *Result {
 // what that time makes due: expired leases go back to ready (or to
 // dead-letter), delays end, retention deletes, dedup entries are forgotten.
 func (p *Partition) advance(stamp int64) {
-	if stamp > p.now {
-		p.now = stamp
-	}
+	p.now = max(p.now, stamp)
 	now := p.now
-	for m := p.leases.min(); m != nil && m.until <= now; m = p.leases.min() {
-		p.unlease(m)
-		p.release(m, 0)
+	for {
+		k, _, ok := p.leases.min(p.kv, p.nLeased == 0)
+		if !ok || int64(u64at(k, 1)) > now {
+			break
+		}
+		m := p.loadState(u64at(k, 9))
+		p.unlease(&m)
+		p.release(&m, 0)
 	}
-	for m := p.delayed.min(); m != nil && m.until <= now; m = p.delayed.min() {
-		p.delayed.remove(m)
+	for {
+		k, _, ok := p.delayed.min(p.kv, p.nDelayed == 0)
+		if !ok || int64(u64at(k, 1)) > now {
+			break
+		}
+		m := p.loadState(u64at(k, 9))
+		p.factOut(&m)
+		p.delayed.del(p.kv, k)
 		p.nDelayed--
-		if p.expired(m) {
-			p.expire(m)
+		if p.expired(&m) {
+			p.expire(&m)
 		} else {
-			p.makeReady(m)
+			p.makeReady(&m)
 		}
 	}
 	if p.settings.GetRetention() > 0 {
-		for m, ok := p.ready.front(); ok && p.expired(m); m, ok = p.ready.front() {
-			p.ready.popFront()
+		for {
+			k, v, ok := p.ready.min(p.kv, p.nReady == 0)
+			if !ok {
+				break
+			}
+			m := decodeReady(u64at(k, 1), v)
+			if !p.expired(&m) {
+				break
+			}
+			if !m.fresh {
+				m = p.loadState(m.seq)
+			}
+			p.factOut(&m)
+			p.ready.del(p.kv, k)
 			p.nReady--
-			p.expire(m)
-		}
-		for m := p.returned.min(); m != nil && p.expired(m); m = p.returned.min() {
-			p.returned.remove(m)
-			p.nReady--
-			p.expire(m)
+			p.expire(&m)
 		}
 		// Dead messages are kept for a retention period counted from when
 		// they were dead-lettered, so that they can be inspected.
-		for m, ok := p.dead.Min(); ok && m.deadAt+p.settings.GetRetention() <= now; m, ok = p.dead.Min() {
-			p.undead(m)
-			p.expire(m)
+		for {
+			k, v, ok := p.dead.min(p.kv, p.nDead == 0)
+			if !ok || int64(u64at(v, 8))+p.settings.GetRetention() > now {
+				break
+			}
+			m := p.loadState(u64at(v, 0))
+			p.factOut(&m)
+			p.dead.del(p.kv, k)
+			p.nDead--
+			p.expire(&m)
 		}
 	}
 	p.dedupExpire()
 }
 
+// loadState reads the state of a message that has a state record.
+func (p *Partition) loadState(seq uint64) msgState {
+	v, ok := p.kv.Get(key1(kState, seq))
+	if !ok {
+		badValue("missing state", seq)
+	}
+	return decodeState(seq, v)
+}
+
 // expired reports whether m has outlived the retention period.
-func (p *Partition) expired(m *message) bool {
+func (p *Partition) expired(m *msgState) bool {
 	r := p.settings.GetRetention()
 	return r > 0 && m.enqueuedAt <= p.now-r
 }
 
-// makeReady puts m (in no state) into ready, in sequence order.
-func (p *Partition) makeReady(m *message) {
-	m.state = stateReady
-	m.until = 0
+// makeReady puts m (in no state, its fact out) into ready, in sequence
+// order.
+func (p *Partition) makeReady(m *msgState) {
+	m.state, m.until, m.consumer = stateReady, 0, ""
+	m.deadAt, m.deadOrder, m.deadReason = 0, 0, ""
+	m.fresh = false
+	p.kv.Set(key1(kState, m.seq), m.encode())
+	p.ready.put(p.kv, key1(kReady, m.seq), readyValue(m))
 	p.nReady++
-	if m.seq > p.lastAppended {
-		p.ready.pushBack(m)
-		p.lastAppended = m.seq
-	} else {
-		p.returned.push(m)
-	}
+	p.factIn(m)
 }
 
-// peekReady returns the ready message with the lowest sequence, or nil.
-func (p *Partition) peekReady() *message {
-	f, _ := p.ready.front()
-	if r := p.returned.min(); r != nil && (f == nil || r.seq < f.seq) {
-		return r
-	}
-	return f
-}
-
-// popReady removes and returns the ready message with the lowest sequence.
-func (p *Partition) popReady() *message {
-	m := p.peekReady()
-	if m == nil {
-		return nil
-	}
-	if m.hidx >= 0 {
-		p.returned.remove(m)
-	} else {
-		p.ready.popFront()
-	}
-	p.nReady--
-	return m
-}
-
-// unlease takes a leased message out of the lease index; it is then in no state.
-func (p *Partition) unlease(m *message) {
-	p.leases.remove(m)
-	p.delBySeq(m.seq)
+// unlease takes a leased message out of the lease index; it is then in no
+// state, its fact out of the sum.
+func (p *Partition) unlease(m *msgState) {
+	p.factOut(m)
+	p.leases.del(p.kv, key2(kLeased, uint64(m.until), m.seq))
 	p.nLeased--
 	m.consumer = ""
 }
@@ -247,90 +248,52 @@ func (p *Partition) unlease(m *message) {
 // release places a message whose lease ended: deleted if past retention,
 // dead-lettered if it has been delivered max_deliveries times, else ready
 // (or delayed by delay nanoseconds).
-func (p *Partition) release(m *message, delay int64) {
+func (p *Partition) release(m *msgState, delay int64) {
 	switch {
 	case p.expired(m):
 		p.expire(m)
 	case p.maxedOut(m):
 		p.deadLetter(m, ReasonMaxDeliveries)
 	case delay > 0:
-		m.state = stateDelayed
-		m.until = p.now + delay
-		p.delayed.push(m)
+		m.state, m.until = stateDelayed, p.now+delay
+		p.kv.Set(key1(kState, m.seq), m.encode())
+		p.delayed.put(p.kv, key2(kDelayed, uint64(m.until), m.seq), nil)
 		p.nDelayed++
+		p.factIn(m)
 	default:
 		p.makeReady(m)
 	}
 }
 
-func (p *Partition) maxedOut(m *message) bool {
+func (p *Partition) maxedOut(m *msgState) bool {
 	max := p.settings.GetMaxDeliveries()
 	return max > 0 && m.deliveries >= max
 }
 
-// deadLetter puts m (in no state) on the dead-letter list. Messages are
-// allocated in blocks per Enqueue batch; a dead message may stay for a whole
-// retention period, so it moves to its own allocation rather than keep its
-// block alive. The caller must not use m afterwards.
-func (p *Partition) deadLetter(m *message, reason string) {
-	own := new(message)
-	*own = *m
-	m = own
-	m.detach()
+// deadLetter puts m (in no state, its fact out) on the dead-letter list.
+func (p *Partition) deadLetter(m *msgState, reason string) {
 	p.deadOrder++
-	m.state = stateDead
-	m.until = 0
-	m.deadReason = reason
-	m.deadAt = p.now
-	m.deadOrder = p.deadOrder
-	p.dead.ReplaceOrInsert(m)
-	p.bySeq[m.seq] = m
+	m.state, m.until, m.consumer = stateDead, 0, ""
+	m.deadReason, m.deadAt, m.deadOrder = reason, p.now, p.deadOrder
+	m.fresh = false
+	p.kv.Set(key1(kState, m.seq), m.encode())
+	p.dead.put(p.kv, key1(kDead, m.deadOrder), deadValue(m.seq, m.deadAt))
 	p.nDead++
 	p.deadLetteredTotal++
+	p.factIn(m)
 }
 
-// undead takes m off the dead-letter list; it is then in no state.
-func (p *Partition) undead(m *message) {
-	p.dead.Delete(m)
-	p.delBySeq(m.seq)
-	p.nDead--
-	// m keeps its dead-letter fields: a snapshot being written may still
-	// read them, and they mean nothing outside the dead state. Dead-lettering
-	// m again makes a new struct.
-}
-
-// drop forgets m (already in no state): acked or purged.
-func (p *Partition) drop(m *message) {
+// drop deletes m (in no state, its fact out): acked, purged or expired.
+func (p *Partition) drop(m *msgState) {
 	p.bytes -= uint64(m.size)
+	p.kv.Delete(key1(kBody, m.seq))
+	if !m.fresh {
+		p.kv.Delete(key1(kState, m.seq))
+	}
 }
 
-// expire forgets m (already in no state) because retention deleted it.
-func (p *Partition) expire(m *message) {
+// expire deletes m because retention did.
+func (p *Partition) expire(m *msgState) {
 	p.drop(m)
 	p.expiredTotal++
-}
-
-func (p *Partition) delBySeq(seq uint64) {
-	delete(p.bySeq, seq)
-	p.bySeq = shrinkMap(p.bySeq, &p.bySeqPeak)
-}
-
-// shrinkMap returns m, or a smaller copy once m has emptied to an eighth of
-// the size it had grown to: Go maps never give memory back by themselves,
-// and the partition's indexes must shrink as entries go.
-func shrinkMap[K comparable, V any](m map[K]V, peak *int) map[K]V {
-	n := len(m)
-	if n > *peak {
-		*peak = n
-		return m
-	}
-	if *peak < 4096 || n > *peak/8 {
-		return m
-	}
-	c := make(map[K]V, n)
-	for k, v := range m {
-		c[k] = v
-	}
-	*peak = n
-	return c
 }

@@ -283,7 +283,9 @@ func TestDedupWindow(t *testing.T) {
 	}
 }
 
-func TestDedupMemoryShrinks(t *testing.T) {
+// TestDedupForgotten: ids past their window leave the store, table and
+// order both.
+func TestDedupForgotten(t *testing.T) {
 	h := newTP(t, settings(func(s *fsmv1.Settings) { s.DedupWindow = sec }))
 	for i := range 20 {
 		var ms []*fsmv1.NewMessage
@@ -292,13 +294,20 @@ func TestDedupMemoryShrinks(t *testing.T) {
 		}
 		h.ok(int64(i+1), enq(ms...))
 	}
-	if len(h.p.dedup) == 0 || h.p.dedupFIFO.len() == 0 {
+	if countKeys(h.p.kv, kDedup) == 0 || countKeys(h.p.kv, kFIFO) == 0 {
 		t.Fatal("no dedup entries")
 	}
 	h.ok(10*sec, tick())
-	if len(h.p.dedup) != 0 || h.p.dedupFIFO.len() != 0 || h.p.dedupPeak != 0 {
-		t.Fatalf("dedup table did not shrink: %d entries, %d records, peak %d", len(h.p.dedup), h.p.dedupFIFO.len(), h.p.dedupPeak)
+	if n, f := countKeys(h.p.kv, kDedup), countKeys(h.p.kv, kFIFO); n != 0 || f != 0 || h.p.dedupLive != 0 {
+		t.Fatalf("dedup ids not forgotten: %d entries, %d records, %d counted", n, f, h.p.dedupLive)
 	}
+}
+
+// countKeys counts the keys under one prefix of the layout.
+func countKeys(kv KV, prefix byte) int {
+	n := 0
+	kv.Scan([]byte{prefix}, prefixEnd(prefix), func(_, _ []byte) bool { n++; return true })
+	return n
 }
 
 func TestMaxDepthRejectsWholeBatch(t *testing.T) {

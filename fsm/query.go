@@ -43,8 +43,8 @@ func (p *Partition) Stats() Stats {
 	}
 	// Ready order is sequence order and enqueue stamps never decrease with
 	// the sequence, so the lowest ready sequence is the oldest.
-	if f := p.peekReady(); f != nil {
-		s.OldestReadyAt = f.enqueuedAt
+	if _, v, ok := p.ready.min(p.kv, p.nReady == 0); ok {
+		s.OldestReadyAt = decodeReady(0, v).enqueuedAt
 	}
 	return s
 }
@@ -52,8 +52,7 @@ func (p *Partition) Stats() Stats {
 // Settings returns a copy of the settings in force.
 func (p *Partition) Settings() *fsmv1.Settings { return proto.CloneOf(p.settings) }
 
-// DeadLetter is one message on the dead-letter list. Payload, Key and
-// Headers are shared with the state machine and must not be modified.
+// DeadLetter is one message on the dead-letter list.
 type DeadLetter struct {
 	Seq        uint64
 	Order      uint64 // position on the list; pages continue after it
@@ -69,19 +68,28 @@ type DeadLetter struct {
 // DeadLetters lists up to limit dead messages, oldest first, starting after
 // list position after (0 = from the start). Listing changes nothing.
 func (p *Partition) DeadLetters(after uint64, limit int) []DeadLetter {
-	var out []DeadLetter
-	if limit <= 0 {
+	if limit <= 0 || p.nDead == 0 {
 		return nil
 	}
-	pivot := &message{deadOrder: after + 1}
-	p.dead.AscendGreaterOrEqual(pivot, func(m *message) bool {
-		out = append(out, DeadLetter{
-			Seq: m.seq, Order: m.deadOrder, Reason: m.deadReason, DeadAt: m.deadAt,
-			EnqueuedAt: m.enqueuedAt, Deliveries: m.deliveries,
-			Payload: m.payload, Key: m.key, Headers: m.headers,
-		})
-		return len(out) < limit
+	var seqs []uint64
+	p.dead.scan(p.kv, key1(kDead, after+1), func(_, v []byte) bool {
+		seqs = append(seqs, u64at(v, 0))
+		return len(seqs) < limit
 	})
+	out := make([]DeadLetter, 0, len(seqs))
+	for _, seq := range seqs {
+		m := p.loadState(seq)
+		body, ok := p.kv.Get(key1(kBody, seq))
+		if !ok {
+			badValue("missing body", seq)
+		}
+		payload, key, headers := decodeBody(seq, body)
+		out = append(out, DeadLetter{
+			Seq: seq, Order: m.deadOrder, Reason: m.deadReason, DeadAt: m.deadAt,
+			EnqueuedAt: m.enqueuedAt, Deliveries: m.deliveries,
+			Payload: payload, Key: key, Headers: headers,
+		})
+	}
 	return out
 }
 
@@ -97,25 +105,22 @@ func (p *Partition) NextDue() int64 {
 			due = t
 		}
 	}
-	if m := p.leases.min(); m != nil {
-		earliest(m.until)
+	if k, _, ok := p.leases.min(p.kv, p.nLeased == 0); ok {
+		earliest(int64(u64at(k, 1)))
 	}
-	if m := p.delayed.min(); m != nil {
-		earliest(m.until)
+	if k, _, ok := p.delayed.min(p.kv, p.nDelayed == 0); ok {
+		earliest(int64(u64at(k, 1)))
 	}
 	if r := p.settings.GetRetention(); r > 0 {
-		if m, ok := p.ready.front(); ok {
-			earliest(m.enqueuedAt + r)
+		if _, v, ok := p.ready.min(p.kv, p.nReady == 0); ok {
+			earliest(decodeReady(0, v).enqueuedAt + r)
 		}
-		if m := p.returned.min(); m != nil {
-			earliest(m.enqueuedAt + r)
-		}
-		if m, ok := p.dead.Min(); ok {
-			earliest(m.deadAt + r)
+		if _, v, ok := p.dead.min(p.kv, p.nDead == 0); ok {
+			earliest(int64(u64at(v, 8)) + r)
 		}
 	}
-	if e, ok := p.dedupFIFO.front(); ok {
-		earliest(e.expiresAt)
+	if _, v, ok := p.fifo.min(p.kv, p.fifoHead == p.fifoTail); ok {
+		earliest(decodeFIFO(v).expiresAt)
 	}
 	return due
 }

@@ -42,14 +42,15 @@ func TestStateChecksum(t *testing.T) {
 		t.Fatal("a state with no lease has the checksum of one with leases")
 	}
 
-	snap, err := a.Snapshot()
+	_, stream, err := a.Stream()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sink catSink
-	if err := snap.Persist(&sink); err != nil {
+	var sink bytes.Buffer
+	if _, err := io.Copy(&sink, stream); err != nil {
 		t.Fatal(err)
 	}
+	stream.Close()
 	r := NewPartitionFSM()
 	if err := r.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
 		t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
-	"slices"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -32,76 +31,38 @@ const maxRecordBytes = MaxPayloadBytes + MaxKeyBytes + MaxHeaders*(MaxHeaderKeyB
 // that is not a whole, well-formed snapshot.
 var ErrCorruptSnapshot = errors.New("corrupt partition snapshot")
 
-// PartitionSnapshot is a point-in-time copy of a partition's state, taken
+// PartitionSnapshot is a point-in-time view of a partition's state, taken
 // by Snapshot and written by WriteTo while the partition goes on applying
-// commands. It holds each message's small mutable fields by value and
-// shares the immutable rest (see snapMsg), so taking it costs O(messages)
-// time and about 48 bytes per message, never the payloads.
+// commands. It is the record and a read-only view of the KV: O(1) to take
+// and no copy of anything. Close releases the view.
 type PartitionSnapshot struct {
 	header fsmv1.SnapshotHeader
-	msgs   []snapMsg
-	dedup  []dedupRecord
+	view   KVView
 }
 
-// Snapshot captures the partition's state.
+// Snapshot captures the partition's committed state: call it between
+// batches (the Raft adapter does), never with writes pending.
 func (p *Partition) Snapshot() *PartitionSnapshot {
-	s := &PartitionSnapshot{}
-	s.header = fsmv1.SnapshotHeader{
-		Version:           snapshotFormat,
-		Settings:          proto.CloneOf(p.settings),
-		NextSeq:           p.nextSeq,
-		Now:               p.now,
-		EnqueuedTotal:     p.enqueuedTotal,
-		AckedTotal:        p.ackedTotal,
-		DeadLetteredTotal: p.deadLetteredTotal,
-		ExpiredTotal:      p.expiredTotal,
-		DeadOrder:         p.deadOrder,
+	return &PartitionSnapshot{
+		header: fsmv1.SnapshotHeader{
+			Version:           snapshotFormat,
+			Settings:          proto.CloneOf(p.settings),
+			NextSeq:           p.nextSeq,
+			Now:               p.now,
+			EnqueuedTotal:     p.enqueuedTotal,
+			AckedTotal:        p.ackedTotal,
+			DeadLetteredTotal: p.deadLetteredTotal,
+			ExpiredTotal:      p.expiredTotal,
+			DeadOrder:         p.deadOrder,
+			Messages:          p.nReady + p.nDelayed + p.nLeased + p.nDead,
+			DedupEntries:      p.dedupLive,
+		},
+		view: p.kv.View(),
 	}
-
-	// The ready ring is in sequence order; everything else is gathered and
-	// sorted, then the two runs are merged.
-	var rest []*message
-	rest = append(rest, p.returned.items...)
-	rest = append(rest, p.delayed.items...)
-	rest = append(rest, p.leases.items...)
-	p.dead.Ascend(func(m *message) bool { rest = append(rest, m); return true })
-	slices.SortFunc(rest, func(a, b *message) int {
-		if a.seq < b.seq {
-			return -1
-		}
-		return 1
-	})
-	n := p.ready.len()
-	s.msgs = make([]snapMsg, 0, n+len(rest))
-	i, j := 0, 0
-	for i < n || j < len(rest) {
-		var m *message
-		if j == len(rest) || (i < n && p.ready.at(i).seq < rest[j].seq) {
-			m = p.ready.at(i)
-			i++
-		} else {
-			m = rest[j]
-			j++
-		}
-		s.msgs = append(s.msgs, captureMsg(m))
-	}
-
-	s.dedup = make([]dedupRecord, 0, p.dedupFIFO.len()-p.dedupStale)
-	for k := 0; k < p.dedupFIFO.len(); k++ {
-		r := p.dedupFIFO.at(k)
-		// Only records that are still an id's current entry: superseded ones
-		// are no-ops, and leaving them out keeps equal states byte-equal.
-		if p.dedupStale > 0 {
-			if e, ok := p.dedup[r.key]; !ok || e.expiresAt != r.expiresAt {
-				continue
-			}
-		}
-		s.dedup = append(s.dedup, r)
-	}
-	s.header.Messages = uint64(len(s.msgs))
-	s.header.DedupEntries = uint64(len(s.dedup))
-	return s
 }
+
+// Close releases the snapshot's view of the store.
+func (s *PartitionSnapshot) Close() { s.view.Close() }
 
 // WriteTo streams the snapshot to w in bounded memory: one record at a time
 // through a fixed buffer. Equal partition states give equal bytes.
@@ -113,11 +74,41 @@ func (s *PartitionSnapshot) WriteTo(w io.Writer) (int64, error) {
 	enc.raw([]byte(snapshotMagic))
 	enc.record(&fsmv1.SnapshotRecord{Record: &fsmv1.SnapshotRecord_Header{Header: &s.header}})
 
-	for i := range s.msgs {
-		enc.messageRecord(&s.msgs[i])
+	var msgs, dedups uint64
+	if err := s.view.Scan([]byte{kBody}, prefixEnd(kBody), func(k, body []byte) bool {
+		seq := u64at(k, 1)
+		sm := snapMsg{body: body[bodyHead:]}
+		if v, ok, err := s.view.Get(key1(kState, seq)); err != nil {
+			enc.err = err
+		} else if ok {
+			sm.msgState = decodeState(seq, v)
+		} else {
+			sm.msgState = msgState{seq: seq, state: stateReady, enqueuedAt: int64(u64at(body, 0))}
+		}
+		enc.messageRecord(&sm)
+		msgs++
+		return enc.err == nil
+	}); err != nil && enc.err == nil {
+		enc.err = err
 	}
-	for i := range s.dedup {
-		enc.dedupRecord(&s.dedup[i])
+	if err := s.view.Scan([]byte{kFIFO}, prefixEnd(kFIFO), func(_, v []byte) bool {
+		r := decodeFIFO(v)
+		// Only records that are still an id's current entry: superseded
+		// ones are no-ops, and leaving them out keeps equal states
+		// byte-equal.
+		cur, ok, err := s.view.Get(dedupKeyOf(r.key))
+		if err != nil {
+			enc.err = err
+		} else if ok && u64at(cur, 0) == r.seq && int64(u64at(cur, 8)) == r.expiresAt {
+			enc.dedupRecord(&r)
+			dedups++
+		}
+		return enc.err == nil
+	}); err != nil && enc.err == nil {
+		enc.err = err
+	}
+	if enc.err == nil && (msgs != s.header.Messages || dedups != s.header.DedupEntries) {
+		enc.err = fmt.Errorf("snapshot: the store holds %d messages and %d dedup entries, the partition counts %d and %d", msgs, dedups, s.header.Messages, s.header.DedupEntries)
 	}
 	if enc.err == nil {
 		enc.err = bw.Flush()
@@ -196,14 +187,25 @@ func (e *recordEncoder) record(m proto.Message) {
 	}
 }
 
-// Restore replaces the partition's state with the snapshot read from r. On
-// error the partition is left as it was.
+// restoreChunk is how many bytes of state Restore writes between commits,
+// so that a large snapshot never sits whole in the store's write batch.
+const restoreChunk = 4 << 20
+
+// Restore replaces the partition's state with the snapshot read from r,
+// one record at a time, committing every restoreChunk bytes. The old state
+// is deleted first: on error the partition is left empty (not as it was)
+// and the error says why; the Raft adapter then refuses to apply anything
+// more (see RaftFSM.Restore).
 func (p *Partition) Restore(r io.Reader) error {
-	np, err := readSnapshot(r)
-	if err != nil {
-		return err
+	p.kv.DeleteRange([]byte{0}, []byte{0xff})
+	p.initIndexes()
+	p.resetMeta()
+	if err := p.readSnapshot(r); err != nil {
+		p.kv.DeleteRange([]byte{0}, []byte{0xff})
+		p.initIndexes()
+		p.resetMeta()
+		return errors.Join(err, p.commit(0))
 	}
-	*p = *np
 	return nil
 }
 
@@ -211,34 +213,33 @@ func corrupt(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrCorruptSnapshot}, args...)...)
 }
 
-func readSnapshot(r io.Reader) (*Partition, error) {
+func (p *Partition) readSnapshot(r io.Reader) error {
 	br := bufio.NewReaderSize(r, 256<<10)
 	magic := make([]byte, len(snapshotMagic))
 	if _, err := io.ReadFull(br, magic); err != nil || !bytes.Equal(magic, []byte(snapshotMagic)) {
-		return nil, corrupt("bad magic")
+		return corrupt("bad magic")
 	}
 	dec := recordDecoder{r: br, run: crc32.Checksum(magic, castagnoli)}
 	var rec fsmv1.SnapshotRecord
 	if err := dec.next(&rec); err != nil {
-		return nil, err
+		return err
 	}
 	h := rec.GetHeader()
 	if h == nil {
-		return nil, corrupt("first record is not a header")
+		return corrupt("first record is not a header")
 	}
 	if h.GetVersion() != snapshotFormat {
-		return nil, corrupt("snapshot format %d, want %d", h.GetVersion(), snapshotFormat)
+		return corrupt("snapshot format %d, want %d", h.GetVersion(), snapshotFormat)
 	}
 	if err := ValidateSettings(h.GetSettings()); err != nil {
-		return nil, corrupt("settings: %v", err)
+		return corrupt("settings: %v", err)
 	}
-	p := NewPartition()
 	p.settings = proto.CloneOf(h.GetSettings())
 	p.nextSeq, p.now, p.deadOrder = h.GetNextSeq(), h.GetNow(), h.GetDeadOrder()
 	p.enqueuedTotal, p.ackedTotal = h.GetEnqueuedTotal(), h.GetAckedTotal()
 	p.deadLetteredTotal, p.expiredTotal = h.GetDeadLetteredTotal(), h.GetExpiredTotal()
 	if p.nextSeq == 0 {
-		return nil, corrupt("next sequence 0")
+		return corrupt("next sequence 0")
 	}
 
 	// The partition relies on invariants that its commands keep: enqueue
@@ -248,107 +249,141 @@ func readSnapshot(r io.Reader) (*Partition, error) {
 	// not one a partition wrote.
 	var lastSeq uint64
 	var lastEnqueued int64
+	written := 0
 	for i := uint64(0); i < h.GetMessages(); i++ {
 		if err := dec.next(&rec); err != nil {
-			return nil, err
+			return err
 		}
 		sm := rec.GetMessage()
 		if sm == nil {
-			return nil, corrupt("record %d is not a message", i+1)
+			return corrupt("record %d is not a message", i+1)
 		}
 		if sm.GetSeq() <= lastSeq || sm.GetSeq() >= p.nextSeq {
-			return nil, corrupt("message sequence %d out of order", sm.GetSeq())
+			return corrupt("message sequence %d out of order", sm.GetSeq())
 		}
 		if sm.GetEnqueuedAt() < lastEnqueued || sm.GetEnqueuedAt() > p.now || sm.GetDeadAt() > p.now {
-			return nil, corrupt("message %d: enqueue or dead-letter time out of order", sm.GetSeq())
+			return corrupt("message %d: enqueue or dead-letter time out of order", sm.GetSeq())
 		}
 		lastSeq, lastEnqueued = sm.GetSeq(), sm.GetEnqueuedAt()
-		if err := p.restoreMessage(sm); err != nil {
-			return nil, err
+		n, err := p.restoreMessage(sm)
+		if err != nil {
+			return err
+		}
+		if written += n; written >= restoreChunk {
+			if err := p.kv.Commit(); err != nil {
+				return err
+			}
+			written = 0
 		}
 	}
 	for i := uint64(0); i < h.GetDedupEntries(); i++ {
 		if err := dec.next(&rec); err != nil {
-			return nil, err
+			return err
 		}
 		d := rec.GetDedup()
 		if d == nil || len(d.GetIdHash()) != len(dedupKey{}) {
-			return nil, corrupt("bad dedup record")
+			return corrupt("bad dedup record")
 		}
 		key := dedupKey(d.GetIdHash())
-		if _, dup := p.dedup[key]; dup {
-			return nil, corrupt("dedup id hash %x twice", key)
+		if _, _, known := p.dedupLookup(key); known {
+			return corrupt("dedup id hash %x twice", key)
 		}
-		p.dedup[key] = dedupEntry{seq: d.GetSeq(), expiresAt: d.GetExpiresAt()}
-		p.dedupFIFO.pushBack(dedupRecord{key: key, seq: d.GetSeq(), expiresAt: d.GetExpiresAt()})
+		dr := dedupRecord{key: key, seq: d.GetSeq(), expiresAt: d.GetExpiresAt()}
+		p.kv.Set(dedupKeyOf(key), dedupValue(dr.seq, dr.expiresAt))
+		p.fifo.put(p.kv, key1(kFIFO, p.fifoTail), fifoValue(dr))
+		p.fifoTail++
+		p.dedupLive++
+		p.dedupFactIn(&dr)
+		if written += 64; written >= restoreChunk {
+			if err := p.kv.Commit(); err != nil {
+				return err
+			}
+			written = 0
+		}
 	}
 	var lastDeadAt int64
 	ordered := true
-	p.dead.Ascend(func(m *message) bool {
-		ordered = m.deadAt >= lastDeadAt
-		lastDeadAt = m.deadAt
+	p.dead.scan(p.kv, nil, func(_, v []byte) bool {
+		deadAt := int64(u64at(v, 8))
+		ordered = deadAt >= lastDeadAt
+		lastDeadAt = deadAt
 		return ordered
 	})
 	if !ordered {
-		return nil, corrupt("dead-letter times out of order")
+		return corrupt("dead-letter times out of order")
 	}
-	p.dedupPeak = len(p.dedup)
-	p.bySeqPeak = len(p.bySeq)
 
 	if err := dec.next(&rec); err != nil {
-		return nil, err
+		return err
 	}
 	t := rec.GetTrailer()
 	if t == nil {
-		return nil, corrupt("no trailer")
+		return corrupt("no trailer")
 	}
 	if t.GetRecords() != 1+h.GetMessages()+h.GetDedupEntries() {
-		return nil, corrupt("trailer counts %d records", t.GetRecords())
+		return corrupt("trailer counts %d records", t.GetRecords())
 	}
 	if t.GetCrc32C() != dec.crc {
-		return nil, corrupt("checksum mismatch")
+		return corrupt("checksum mismatch")
 	}
 	if _, err := br.ReadByte(); err != io.EOF {
-		return nil, corrupt("data after the trailer")
+		return corrupt("data after the trailer")
 	}
-	return p, nil
+	p.initIndexes()
+	return nil
 }
 
-// restoreMessage places one snapshot message into the partition's indexes.
-func (p *Partition) restoreMessage(sm *fsmv1.SnapshotMessage) error {
-	m := &message{
-		seq: sm.GetSeq(), enqueuedAt: sm.GetEnqueuedAt(), payload: sm.GetPayload(),
-		key: sm.GetKey(), headers: sm.GetHeaders(), deliveries: sm.GetDeliveries(),
-		epoch: sm.GetEpoch(), hidx: -1,
+// restoreMessage stores one snapshot message and places it in its
+// ordering; it returns about how many bytes it wrote.
+func (p *Partition) restoreMessage(sm *fsmv1.SnapshotMessage) (int, error) {
+	m := msgState{
+		seq: sm.GetSeq(), enqueuedAt: sm.GetEnqueuedAt(), deliveries: sm.GetDeliveries(),
+		epoch: sm.GetEpoch(),
 	}
-	m.size = uint32(messageSize(m.payload, m.key, m.headers))
+	m.size = uint32(messageSize(sm.GetPayload(), sm.GetKey(), sm.GetHeaders()))
+	body, crc := encodeBody(m.enqueuedAt, m.size, sm.GetPayload(), sm.GetKey(), sm.GetHeaders())
+	m.bodyCRC = crc
+	p.kv.Set(key1(kBody, m.seq), body)
 	p.bytes += uint64(m.size)
 	switch sm.GetState() {
 	case fsmv1.MessageState_MESSAGE_STATE_READY:
-		p.makeReady(m)
+		m.state = stateReady
+		if m.deliveries == 0 && m.epoch == 0 && sm.GetUntil() == 0 && sm.GetConsumer() == "" {
+			m.fresh = true
+		} else {
+			m.until, m.consumer = sm.GetUntil(), sm.GetConsumer()
+			p.kv.Set(key1(kState, m.seq), m.encode())
+		}
+		p.ready.put(p.kv, key1(kReady, m.seq), readyValue(&m))
+		p.nReady++
 	case fsmv1.MessageState_MESSAGE_STATE_DELAYED:
-		m.state, m.until = stateDelayed, sm.GetUntil()
-		p.delayed.push(m)
+		m.state, m.until, m.consumer = stateDelayed, sm.GetUntil(), sm.GetConsumer()
+		p.kv.Set(key1(kState, m.seq), m.encode())
+		p.delayed.put(p.kv, key2(kDelayed, uint64(m.until), m.seq), nil)
 		p.nDelayed++
 	case fsmv1.MessageState_MESSAGE_STATE_LEASED:
 		m.state, m.until, m.consumer = stateLeased, sm.GetUntil(), sm.GetConsumer()
-		p.leases.push(m)
-		p.bySeq[m.seq] = m
+		p.kv.Set(key1(kState, m.seq), m.encode())
+		p.leases.put(p.kv, key2(kLeased, uint64(m.until), m.seq), nil)
 		p.nLeased++
 	case fsmv1.MessageState_MESSAGE_STATE_DEAD:
-		m.state, m.deadReason, m.deadAt, m.deadOrder = stateDead, sm.GetDeadReason(), sm.GetDeadAt(), sm.GetDeadOrder()
+		m.state, m.until, m.consumer = stateDead, sm.GetUntil(), sm.GetConsumer()
+		m.deadReason, m.deadAt, m.deadOrder = sm.GetDeadReason(), sm.GetDeadAt(), sm.GetDeadOrder()
 		if m.deadOrder == 0 || m.deadOrder > p.deadOrder {
-			return corrupt("message %d: dead order %d", m.seq, m.deadOrder)
+			return 0, corrupt("message %d: dead order %d", m.seq, m.deadOrder)
 		}
-		if _, dup := p.dead.ReplaceOrInsert(m); dup {
-			return corrupt("message %d: dead order %d twice", m.seq, m.deadOrder)
+		dk := key1(kDead, m.deadOrder)
+		if _, dup := p.kv.Get(dk); dup {
+			return 0, corrupt("message %d: dead order %d twice", m.seq, m.deadOrder)
 		}
-		p.bySeq[m.seq] = m
+		p.kv.Set(key1(kState, m.seq), m.encode())
+		p.dead.put(p.kv, dk, deadValue(m.seq, m.deadAt))
 		p.nDead++
 	default:
-		return corrupt("message %d in state %v", m.seq, sm.GetState())
+		return 0, corrupt("message %d in state %v", m.seq, sm.GetState())
 	}
-	return nil
+	p.factIn(&m)
+	return len(body) + 64, nil
 }
 
 // recordDecoder reads length-prefixed records and keeps a checksum of every

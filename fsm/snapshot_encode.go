@@ -6,21 +6,11 @@ import (
 	fsmv1 "github.com/quorumq/quorumq/proto/quorumq/fsm/v1"
 )
 
-// snapMsg is one message as a snapshot captured it: the fields that change
-// while a message is stored are copied; the rest (sequence, enqueue stamp,
-// payload, key, headers and, for a dead message, its dead-letter fields)
-// never change once the struct is published and are read from m.
+// snapMsg is one message as a snapshot writes it: its state, and its body
+// as stored (SnapshotMessage fields 3-5, already encoded).
 type snapMsg struct {
-	m          *message
-	until      int64
-	consumer   string
-	deliveries uint32
-	epoch      uint32
-	state      state
-}
-
-func captureMsg(m *message) snapMsg {
-	return snapMsg{m: m, until: m.until, consumer: m.consumer, deliveries: m.deliveries, epoch: m.epoch, state: m.state}
+	msgState
+	body []byte
 }
 
 // Field numbers of SnapshotRecord.message, SnapshotMessage and Header.
@@ -79,43 +69,30 @@ func appendDedupRecord(b []byte, d *dedupRecord) []byte {
 func (s *snapMsg) dead() bool { return s.state == stateDead }
 
 func (s *snapMsg) size() int {
-	m := s.m
-	n := sizeVarint(fSeq, m.seq) + sizeVarint(fState, uint64(s.state.proto())) +
-		sizeBytes(fPayload, len(m.payload)) + sizeBytes(fKey, len(m.key))
-	for _, h := range m.headers {
-		n += protowire.SizeTag(fHeaders) + protowire.SizeBytes(headerSize(h))
-	}
-	n += sizeVarint(fEnqueuedAt, uint64(m.enqueuedAt)) + sizeVarint(fDeliveries, uint64(s.deliveries)) +
+	n := sizeVarint(fSeq, s.seq) + sizeVarint(fState, uint64(s.state.proto())) + len(s.body)
+	n += sizeVarint(fEnqueuedAt, uint64(s.enqueuedAt)) + sizeVarint(fDeliveries, uint64(s.deliveries)) +
 		sizeVarint(fEpoch, uint64(s.epoch)) + sizeVarint(fUntil, uint64(s.until)) +
 		sizeBytes(fConsumer, len(s.consumer))
 	if s.dead() {
-		n += sizeBytes(fDeadReason, len(m.deadReason)) + sizeVarint(fDeadAt, uint64(m.deadAt)) +
-			sizeVarint(fDeadOrder, m.deadOrder)
+		n += sizeBytes(fDeadReason, len(s.deadReason)) + sizeVarint(fDeadAt, uint64(s.deadAt)) +
+			sizeVarint(fDeadOrder, s.deadOrder)
 	}
 	return n
 }
 
 func (s *snapMsg) append(b []byte) []byte {
-	m := s.m
-	b = appendVarint(b, fSeq, m.seq)
+	b = appendVarint(b, fSeq, s.seq)
 	b = appendVarint(b, fState, uint64(s.state.proto()))
-	b = appendBytes(b, fPayload, m.payload)
-	b = appendString(b, fKey, m.key)
-	for _, h := range m.headers {
-		b = protowire.AppendTag(b, fHeaders, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(headerSize(h)))
-		b = appendString(b, fHeaderKey, h.GetKey())
-		b = appendBytes(b, fHeaderValue, h.GetValue())
-	}
-	b = appendVarint(b, fEnqueuedAt, uint64(m.enqueuedAt))
+	b = append(b, s.body...)
+	b = appendVarint(b, fEnqueuedAt, uint64(s.enqueuedAt))
 	b = appendVarint(b, fDeliveries, uint64(s.deliveries))
 	b = appendVarint(b, fEpoch, uint64(s.epoch))
 	b = appendVarint(b, fUntil, uint64(s.until))
 	b = appendString(b, fConsumer, s.consumer)
 	if s.dead() {
-		b = appendString(b, fDeadReason, m.deadReason)
-		b = appendVarint(b, fDeadAt, uint64(m.deadAt))
-		b = appendVarint(b, fDeadOrder, m.deadOrder)
+		b = appendString(b, fDeadReason, s.deadReason)
+		b = appendVarint(b, fDeadAt, uint64(s.deadAt))
+		b = appendVarint(b, fDeadOrder, s.deadOrder)
 	}
 	return b
 }

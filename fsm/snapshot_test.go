@@ -88,8 +88,8 @@ func TestSnapshotGolden(t *testing.T) {
 		t.Fatalf("snapshot differs from %s (%d bytes, want %d)", path, len(got), len(want))
 	}
 	s := p.Stats()
-	if s.Ready == 0 || s.Delayed == 0 || s.Leased == 0 || s.Dead == 0 || len(p.dedup) == 0 || p.dedupStale == 0 {
-		t.Fatalf("scenario does not cover every state: %+v, dedup %d, stale %d", s, len(p.dedup), p.dedupStale)
+	if stale := p.fifoTail - p.fifoHead - p.dedupLive; s.Ready == 0 || s.Delayed == 0 || s.Leased == 0 || s.Dead == 0 || p.dedupLive == 0 || stale == 0 {
+		t.Fatalf("scenario does not cover every state: %+v, dedup %d, stale %d", s, p.dedupLive, stale)
 	}
 }
 
@@ -131,8 +131,7 @@ func TestCorruptSnapshotRefused(t *testing.T) {
 	runScenario(t, p, scenario())
 	good := snapBytes(t, p)
 	target := NewPartition()
-	runScenario(t, target, scenario()[:3])
-	before := snapBytes(t, target)
+	empty := snapBytes(t, NewPartition())
 
 	rng := rand.New(rand.NewPCG(1, 2))
 	cases := map[string][]byte{
@@ -152,9 +151,10 @@ func TestCorruptSnapshotRefused(t *testing.T) {
 		if !errors.Is(err, ErrCorruptSnapshot) {
 			t.Fatalf("%s: restore error %v", name, err)
 		}
-		if !bytes.Equal(before, snapBytes(t, target)) {
-			t.Fatalf("%s: a refused snapshot changed the partition", name)
+		if !bytes.Equal(empty, snapBytes(t, target)) {
+			t.Fatalf("%s: a refused snapshot left state behind", name)
 		}
+		runScenario(t, target, scenario()[:3])
 	}
 }
 
@@ -182,21 +182,23 @@ func TestSnapshotEncoderMatchesProto(t *testing.T) {
 		return rng.Int64()
 	}
 	for i := 0; i < 2000; i++ {
-		m := &message{seq: rng.Uint64(), enqueuedAt: i64(), payload: []byte(str()), key: str(),
-			deadReason: str(), deadAt: i64(), deadOrder: uint64(i64())}
+		payload, key := []byte(str()), str()
+		var headers []*fsmv1.Header
 		for range rng.IntN(3) {
-			m.headers = append(m.headers, &fsmv1.Header{Key: str(), Value: []byte(str())})
+			headers = append(headers, &fsmv1.Header{Key: str(), Value: []byte(str())})
 		}
-		s := snapMsg{m: m, until: i64(), consumer: str(), deliveries: rng.Uint32(), epoch: rng.Uint32(),
-			state: state(1 + rng.IntN(4))}
+		body, _ := encodeBody(0, 0, payload, key, headers)
+		s := snapMsg{msgState: msgState{seq: rng.Uint64(), enqueuedAt: i64(), deadReason: str(), deadAt: i64(), deadOrder: uint64(i64()),
+			until: i64(), consumer: str(), deliveries: rng.Uint32(), epoch: rng.Uint32(), state: state(1 + rng.IntN(4))},
+			body: body[bodyHead:]}
 		if rng.IntN(5) == 0 {
 			s.deliveries, s.epoch = 0, 0
 		}
-		sm := &fsmv1.SnapshotMessage{Seq: m.seq, State: s.state.proto(), Payload: m.payload, Key: m.key,
-			Headers: m.headers, EnqueuedAt: m.enqueuedAt, Deliveries: s.deliveries, Epoch: s.epoch,
+		sm := &fsmv1.SnapshotMessage{Seq: s.seq, State: s.state.proto(), Payload: payload, Key: key,
+			Headers: headers, EnqueuedAt: s.enqueuedAt, Deliveries: s.deliveries, Epoch: s.epoch,
 			Until: s.until, Consumer: s.consumer}
 		if s.state == stateDead {
-			sm.DeadReason, sm.DeadAt, sm.DeadOrder = m.deadReason, m.deadAt, m.deadOrder
+			sm.DeadReason, sm.DeadAt, sm.DeadOrder = s.deadReason, s.deadAt, s.deadOrder
 		}
 		want := recordBytes(t, &fsmv1.SnapshotRecord{Record: &fsmv1.SnapshotRecord_Message{Message: sm}})
 		if got := appendMessageRecord(nil, &s); !bytes.Equal(got, want) {
@@ -219,17 +221,20 @@ func recordBytes(t *testing.T, m proto.Message) []byte {
 }
 
 // TestRaftAdapter drives the partition through hashicorp/raft's interfaces:
-// a batch with a configuration entry, snapshot persisted to a raft snapshot
-// store, and restore from it.
+// a batch with a configuration entry, a snapshot persisted to a raft
+// snapshot store (a mark: the state stays in the partition's store), a
+// stream of it restored elsewhere, a restart that skips what the store
+// already holds, and the refusals.
 func TestRaftAdapter(t *testing.T) {
-	f := NewPartitionFSM()
+	kv := NewMemKV()
+	p, err := OpenPartition(kv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := NewRaftFSM(p)
 	var logs []*raft.Log
 	for i, c := range scenario() {
-		data, err := proto.Marshal(c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		logs = append(logs, &raft.Log{Index: uint64(i + 2), Type: raft.LogCommand, Data: data})
+		logs = append(logs, &raft.Log{Index: uint64(i + 2), Type: raft.LogCommand, Data: mustMarshal(t, c)})
 	}
 	logs = append([]*raft.Log{{Index: 1, Type: raft.LogConfiguration}}, logs...)
 	out := f.ApplyBatch(logs)
@@ -245,15 +250,12 @@ func TestRaftAdapter(t *testing.T) {
 		t.Fatalf("applied index %d", f.AppliedIndex())
 	}
 
-	store := raft.NewInmemSnapshotStore()
+	inner := raft.NewInmemSnapshotStore()
+	store := f.SnapshotStore(inner)
 	snap, err := f.Snapshot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Commands applied after Snapshot() must not leak into the snapshot.
-	var want []byte
-	f.Read(func(p *Partition) { want = snapBytes(t, p) })
-	f.Apply(&raft.Log{Index: 100, Type: raft.LogCommand, Data: mustMarshal(t, &fsmv1.Command{Version: CommandVersion, Stamp: 300 * sec, Op: enq(msg("after"))})})
 	sink, err := store.Create(raft.SnapshotVersionMax, uint64(len(logs)), 1, raft.Configuration{}, 1, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -262,23 +264,87 @@ func TestRaftAdapter(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap.Release()
+	// A command applied after the snapshot: the stream sent for it is the
+	// state now, at the index now, which the log continues from.
+	f.Apply(&raft.Log{Index: 100, Type: raft.LogCommand, Data: mustMarshal(t, &fsmv1.Command{Version: CommandVersion, Stamp: 300 * sec, Op: enq(msg("after"))})})
+	var want []byte
+	f.Read(func(p *Partition) { want = snapBytes(t, p) })
 	metas, _ := store.List()
-	_, rc, err := store.Open(metas[0].ID)
+	meta, rc, err := store.Open(metas[0].ID)
 	if err != nil {
 		t.Fatal(err)
 	}
+	stream, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || int64(len(stream)) != meta.Size {
+		t.Fatalf("stream of %d bytes, meta says %d (%v)", len(stream), meta.Size, err)
+	}
 	g := NewPartitionFSM()
-	if err := g.Restore(rc); err != nil {
+	if err := g.Restore(io.NopCloser(bytes.NewReader(stream))); err != nil {
 		t.Fatal(err)
 	}
 	g.Read(func(p *Partition) {
 		if !bytes.Equal(snapBytes(t, p), want) {
-			t.Fatal("restored state differs from the state at Snapshot()")
+			t.Fatal("restored state differs from the state streamed")
 		}
 	})
-	if err := g.Restore(io.NopCloser(bytes.NewReader([]byte("junk")))); !errors.Is(err, ErrCorruptSnapshot) {
-		t.Fatalf("restore of junk: %v", err)
+	if g.AppliedIndex() != 100 {
+		t.Fatalf("restored at index %d, want 100", g.AppliedIndex())
 	}
+	// Restoring what it already holds changes nothing.
+	if err := g.Restore(io.NopCloser(bytes.NewReader(stream))); err != nil {
+		t.Fatal(err)
+	}
+
+	// A restart: the store holds the state at 100; the log replays from
+	// the snapshot, and what the store holds is skipped.
+	p2, err := OpenPartition(kv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2 := NewRaftFSM(p2)
+	if f2.AppliedIndex() != 100 {
+		t.Fatalf("reopened at %d, want 100", f2.AppliedIndex())
+	}
+	if out := f2.ApplyBatch(logs[5:]); out[0] != nil {
+		t.Fatalf("an entry the store holds was applied again: %+v", out[0])
+	}
+	f2.Read(func(p *Partition) {
+		if !bytes.Equal(snapBytes(t, p), want) {
+			t.Fatal("replayed entries changed the state")
+		}
+	})
+	if err := f2.RestoreLatest(inner); err != nil {
+		t.Fatalf("restore latest with the state ahead of the mark: %v", err)
+	}
+
+	// A store whose state is behind its mark lost it: refused.
+	lost := NewPartitionFSM()
+	lostStore := lost.SnapshotStore(inner)
+	if _, _, err := lostStore.Open(metas[0].ID); !errors.Is(err, ErrStateLost) {
+		t.Fatalf("open of a mark ahead of the state: %v", err)
+	}
+	if err := lost.RestoreLatest(inner); !errors.Is(err, ErrStateLost) {
+		t.Fatalf("restore latest of a mark ahead of the state: %v", err)
+	}
+
+	// A snapshot that fails half-way leaves the replica refusing to apply.
+	g = NewPartitionFSM()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(stream[:len(stream)-3]))); !errors.Is(err, ErrCorruptSnapshot) {
+		t.Fatalf("restore of a truncated stream: %v", err)
+	}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("a replica whose restore failed applied an entry")
+			}
+		}()
+		g.Apply(&raft.Log{Index: 101, Type: raft.LogNoop})
+	}()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(stream))); err != nil {
+		t.Fatalf("a whole snapshot after a failed one: %v", err)
+	}
+	g.Apply(&raft.Log{Index: 101, Type: raft.LogNoop})
 }
 
 func mustMarshal(t testing.TB, m proto.Message) []byte {
