@@ -78,9 +78,15 @@ type Config struct {
 	// olderVersion: the node gossips that it cannot apply access commands,
 	// as a node of an older version does (upgrade tests).
 	olderVersion bool
+	// trailingLogs and snapshotThreshold, if not 0, replace the partition
+	// groups' Raft log retention (tests: make a follower need a snapshot).
+	trailingLogs, snapshotThreshold uint64
 
 	// Limits no request can break (limits.go); zero fields take defaults.
 	Limits Limits
+	// Storage sizes the state engine and sets the free-space watermark
+	// (storage.go); zero fields take defaults.
+	Storage StorageConfig
 	// DebugAddr, if set, serves pprof there, and only there (a bare port
 	// or ":port" binds 127.0.0.1). MetricsAddr, if set, serves /metrics
 	// there instead of on HTTPAddr.
@@ -152,6 +158,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("config: secure by default: %s missing (create them with 'quorumq certs'), or --insecure for a throwaway cluster",
 				strings.Join(missing, ", "))
 		}
+	}
+	if err := c.Storage.validate(); err != nil {
+		return err
 	}
 	if err := c.Limits.validate(); err != nil {
 		return err

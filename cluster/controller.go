@@ -46,7 +46,9 @@ func openController(n *Node) (*controller, error) {
 	// a new one, so a node that lost its controller state never answers
 	// as the member it was.
 	g, err := openGroup(n, storage.ControllerGroup(), "", newControllerServerID(n.id),
-		func(g *group) raft.FSM { return notifyingFSM[*fsm.Catalog]{c.fsm, g} }, c.log)
+		func(g *group, _ bool, _ *raft.Config) (raft.FSM, raft.SnapshotStore, error) {
+			return notifyingFSM[*fsm.Catalog]{c.fsm, g}, g.store.Snapshots, nil
+		}, c.log)
 	if err != nil {
 		return nil, err
 	}

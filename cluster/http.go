@@ -116,6 +116,12 @@ func (n *Node) httpHandler(metrics bool) http.Handler {
 			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}
+		// Low on disk the node stays ready: consumers must be able to
+		// drain through it. The body says why enqueues are refused.
+		if n.diskLow.Load() {
+			fmt.Fprintf(w, "ready; disk low: %d bytes free under the data directory, below --min-free-disk %d: enqueues into its partitions are refused\n", n.diskFree.Load(), n.minFree.Load())
+			return
+		}
 		fmt.Fprintln(w, "ready")
 	})
 	if metrics {

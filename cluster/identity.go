@@ -118,6 +118,14 @@ func bindInstance(dir *storage.Dir, shared *storage.SharedLog, log *slog.Logger)
 	return inst, ids, nil
 }
 
+// setInstance records inst as the instance the partition state belongs to.
+func (ids *identities) setInstance(inst string) error {
+	if err := ids.rec.Set(keyInstance, []byte(inst)); err != nil {
+		return fmt.Errorf("record the instance with the partition state: %w", err)
+	}
+	return nil
+}
+
 // createdEpoch returns the highest replica epoch this node ever created
 // for group (0: none).
 func (ids *identities) createdEpoch(group storage.GroupName) (uint64, error) {

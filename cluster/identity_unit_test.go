@@ -122,23 +122,23 @@ func TestGroupIdentity(t *testing.T) {
 		return gs
 	}
 	a := open(storage.PartitionGroup("q", 1, 0))
-	if _, err := groupIdentity(a, "n1/3", ""); err == nil {
+	if _, _, err := groupIdentity(a, "n1/3", ""); err == nil {
 		t.Fatal("a store without an id was given one without create")
 	}
-	if id, err := groupIdentity(a, "n1/3", "n1/3"); err != nil || id != "n1/3" {
+	if id, fresh, err := groupIdentity(a, "n1/3", "n1/3"); err != nil || id != "n1/3" || !fresh {
 		t.Fatalf("create: %s, %v", id, err)
 	}
-	if id, err := groupIdentity(a, "", ""); err != nil || id != "n1/3" {
+	if id, fresh, err := groupIdentity(a, "", ""); err != nil || id != "n1/3" || fresh {
 		t.Fatalf("recorded id: %s, %v", id, err)
 	}
-	if _, err := groupIdentity(a, "n1/4", "n1/4"); !errors.Is(err, errIdentityMismatch) {
+	if _, _, err := groupIdentity(a, "n1/4", "n1/4"); !errors.Is(err, errIdentityMismatch) {
 		t.Fatalf("another member's store: %v, want errIdentityMismatch", err)
 	}
 	b := open(storage.PartitionGroup("q", 1, 1))
 	if err := b.Stable.SetUint64([]byte("CurrentTerm"), 5); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := groupIdentity(b, "n1/3", "n1/3"); !errors.Is(err, errIdentityMismatch) {
+	if _, _, err := groupIdentity(b, "n1/3", "n1/3"); !errors.Is(err, errIdentityMismatch) {
 		t.Fatalf("state without an id: %v, want errIdentityMismatch", err)
 	}
 }

@@ -44,6 +44,10 @@ type Meta struct {
 	// node of the catalogue says so: a node of an older version would
 	// refuse them and its catalogue would part from the others'.
 	Access bool `json:"a,omitempty"`
+	// DiskLow: the node's data directory is below its free-space
+	// watermark; partition leaders refuse enqueues into the partitions
+	// it holds a replica of (storage.go).
+	DiskLow bool `json:"d,omitempty"`
 }
 
 // Member is a node as this node's gossip sees it.
@@ -164,6 +168,19 @@ func (m *membership) setFresh(fresh bool) {
 	m.mu.Lock()
 	changed := m.self.Fresh != fresh
 	m.self.Fresh = fresh
+	m.mu.Unlock()
+	if changed {
+		if err := m.ml.UpdateNode(2 * time.Second); err != nil {
+			m.log.Warn("gossip metadata update", "err", err)
+		}
+	}
+}
+
+// setDiskLow changes the DiskLow flag and gossips the new metadata.
+func (m *membership) setDiskLow(low bool) {
+	m.mu.Lock()
+	changed := m.self.DiskLow != low
+	m.self.DiskLow = low
 	m.mu.Unlock()
 	if changed {
 		if err := m.ml.UpdateNode(2 * time.Second); err != nil {

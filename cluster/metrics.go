@@ -31,6 +31,9 @@ type metrics struct {
 	// admissionRefused: probes of gossiping nodes that did not prove
 	// their identity over mutual TLS.
 	admissionRefused atomic.Uint64
+	// diskRefused counts enqueues refused because a replica's node was
+	// low on disk space (storage.go).
+	diskRefused atomic.Uint64
 	// authUnauthenticated: client calls refused for want of a valid
 	// identity, by what was presented; authForbidden: refused for want
 	// of a permission.
@@ -150,6 +153,8 @@ func (n *Node) writeMetrics(w io.Writer) {
 	fmt.Fprintf(w, "# TYPE quorumq_log_commits_total counter\nquorumq_log_commits_total %d\n", ls.Commits)
 	fmt.Fprintf(w, "# TYPE quorumq_log_commit_requests_total counter\nquorumq_log_commit_requests_total %d\n", ls.Requests)
 	fmt.Fprintf(w, "# TYPE quorumq_log_commit_seconds_total counter\nquorumq_log_commit_seconds_total %g\n", ls.Busy.Seconds())
+
+	n.writeStorageMetrics(w)
 
 	reps := n.replicas.all()
 	slices.SortFunc(reps, func(a, b *replica) int {

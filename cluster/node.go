@@ -56,6 +56,14 @@ type Node struct {
 	// shared holds the Raft log and stable store of every partition group
 	// of this node, so that one fsync commits the appends of many groups.
 	shared *storage.SharedLog
+	// engine holds the state of every partition replica of this node
+	// (messages, orderings, dedup), on disk.
+	engine *storage.Engine
+	// diskLow: the data directory's free space is below the watermark
+	// (storage.go); diskFree is the last measure, in bytes.
+	diskLow  atomic.Bool
+	diskFree atomic.Uint64
+	minFree  atomic.Int64 // Storage.MinFreeBytes (tests change it)
 
 	peerLn, clientLn, httpLn net.Listener
 	mux                      *transport.Mux
@@ -123,6 +131,11 @@ func Start(cfg Config) (n *Node, err error) {
 	} else if len(dropped) > 0 {
 		n.log.Info("dropped log state of removed groups", "groups", len(dropped))
 	}
+	if err = n.openEngine(); err != nil {
+		return nil, err
+	}
+	n.minFree.Store(cfg.Storage.MinFreeBytes)
+	n.checkDisk()
 
 	if n.peerLn, err = net.Listen("tcp", cfg.PeerAddr); err != nil {
 		return nil, fmt.Errorf("peer listener: %w", err)
@@ -210,6 +223,7 @@ func Start(cfg Config) (n *Node, err error) {
 	n.goRun(func() { _ = n.gossip.join(n.ctx, cfg.Join) })
 	n.goRun(func() { n.bootstrapLoop(n.ctx) })
 	n.goRun(n.controllerLoop)
+	n.goRun(func() { n.watchDisk(n.ctx) })
 	n.goRun(n.replicaLoop)
 	n.log.Info("node started", "client", n.clientAddr, "peer", n.peerAddr, "gossip", n.gossip.Addr(), "http", n.httpAddr)
 	return n, nil
@@ -342,6 +356,9 @@ func (n *Node) close() error {
 	}
 	if n.ctrl != nil {
 		errs = append(errs, n.ctrl.g.close())
+	}
+	if n.engine != nil {
+		errs = append(errs, n.engine.Close())
 	}
 	if n.shared != nil {
 		errs = append(errs, n.shared.Close())

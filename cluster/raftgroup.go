@@ -55,6 +55,12 @@ func raftConfig(id raft.ServerID, c *Config, log *slog.Logger) *raft.Config {
 	rc.SnapshotThreshold = 16384
 	rc.TrailingLogs = 32768
 	rc.SnapshotInterval = 60 * time.Second
+	if c.trailingLogs != 0 {
+		rc.TrailingLogs = c.trailingLogs
+	}
+	if c.snapshotThreshold != 0 {
+		rc.SnapshotThreshold = c.snapshotThreshold
+	}
 	rc.Logger = transport.NewHCLogger(log, "raft")
 	return rc
 }
@@ -83,13 +89,18 @@ var serverIDKey = []byte("quorumq/server-id")
 // errIdentityMismatch: the store holds another member's state.
 var errIdentityMismatch = errors.New("the group's store belongs to another member")
 
+// groupFSM makes a group's FSM once its store is open and its identity
+// known (fresh: the store was new, this member starts from nothing). It
+// may replace the snapshot store Raft is given, and sets up rc.
+type groupFSM func(g *group, fresh bool, rc *raft.Config) (raft.FSM, raft.SnapshotStore, error)
+
 // openGroup starts a raft instance for name with the FSM mk makes for it.
 // id is this member's server id: the one recorded in the group's store
 // must be id (a store of another member is errIdentityMismatch, and a
 // store with state but no recorded id is refused too); a new store records
 // id before Raft runs. id "" means the one recorded in the group, which
 // must exist; newID, if not "", is the id a store without one takes.
-func openGroup(n *Node, name storage.GroupName, id, newID raft.ServerID, mk func(*group) raft.FSM, log *slog.Logger) (*group, error) {
+func openGroup(n *Node, name storage.GroupName, id, newID raft.ServerID, mk groupFSM, log *slog.Logger) (*group, error) {
 	g := &group{name: name, applied: make(chan struct{}), leaderCh: make(chan bool, 8)}
 	var opts []storage.GroupOption
 	if !name.IsController() {
@@ -100,7 +111,8 @@ func openGroup(n *Node, name storage.GroupName, id, newID raft.ServerID, mk func
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
 	g.store = store
-	if g.id, err = groupIdentity(store, id, newID); err != nil {
+	var fresh bool
+	if g.id, fresh, err = groupIdentity(store, id, newID); err != nil {
 		store.Close()
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
@@ -116,7 +128,13 @@ func openGroup(n *Node, name storage.GroupName, id, newID raft.ServerID, mk func
 		controllerTiming(rc)
 	}
 	rc.NotifyCh = g.leaderCh
-	r, err := raft.NewRaft(rc, mk(g), store.Log, store.Stable, store.Snapshots, g.trans)
+	f, snaps, err := mk(g, fresh, rc)
+	if err != nil {
+		g.trans.Close()
+		store.Close()
+		return nil, fmt.Errorf("state of %s: %w", name, err)
+	}
+	r, err := raft.NewRaft(rc, f, store.Log, store.Stable, snaps, g.trans)
 	if err != nil {
 		g.trans.Close()
 		store.Close()
@@ -127,31 +145,31 @@ func openGroup(n *Node, name storage.GroupName, id, newID raft.ServerID, mk func
 }
 
 // groupIdentity returns the server id a member opening store answers as
-// (see openGroup), recording it first in a store that has none.
-func groupIdentity(store *storage.GroupStore, id, newID raft.ServerID) (raft.ServerID, error) {
+// (see openGroup), recording it first in a store that has none (fresh).
+func groupIdentity(store *storage.GroupStore, id, newID raft.ServerID) (_ raft.ServerID, fresh bool, _ error) {
 	rec, err := store.Stable.Get(serverIDKey)
 	if err != nil && !errors.Is(err, storage.ErrKeyNotFound) {
-		return "", fmt.Errorf("read server id: %w", err)
+		return "", false, fmt.Errorf("read server id: %w", err)
 	}
 	if len(rec) > 0 {
 		if id != "" && raft.ServerID(rec) != id {
-			return "", fmt.Errorf("%w: %s, not %s", errIdentityMismatch, rec, id)
+			return "", false, fmt.Errorf("%w: %s, not %s", errIdentityMismatch, rec, id)
 		}
-		return raft.ServerID(rec), nil
+		return raft.ServerID(rec), false, nil
 	}
 	if newID == "" || id != "" && id != newID {
-		return "", errors.New("no server id recorded")
+		return "", false, errors.New("no server id recorded")
 	}
 	id = newID
 	// State without a recorded id cannot have been written by this code
 	// (the id goes first): whose it is is unknown, so it is nobody's.
 	if has, err := store.HasState(); err != nil || has {
-		return "", fmt.Errorf("%w: state without a recorded server id (%v)", errIdentityMismatch, err)
+		return "", false, fmt.Errorf("%w: state without a recorded server id (%v)", errIdentityMismatch, err)
 	}
 	if err := store.Stable.Set(serverIDKey, []byte(id)); err != nil {
-		return "", fmt.Errorf("record server id: %w", err)
+		return "", false, fmt.Errorf("record server id: %w", err)
 	}
-	return id, nil
+	return id, true, nil
 }
 
 // bootstrap forms the group with servers unless it already has state.

@@ -38,13 +38,13 @@ type replica struct {
 // recorded id takes id (the caller has recorded the creation); without,
 // it is refused.
 func startReplica(n *Node, name storage.GroupName, id raft.ServerID, create bool) (*replica, error) {
-	r := &replica{n: n, fsm: fsm.NewPartitionFSM(), queue: name.Queue(), qid: name.QueueID(), part: name.Partition(), done: make(chan struct{})}
+	r := &replica{n: n, queue: name.Queue(), qid: name.QueueID(), part: name.Partition(), done: make(chan struct{})}
 	r.log = n.log.With("queue", r.queue, "partition", r.part)
 	var newID raft.ServerID
 	if create {
 		newID = id
 	}
-	g, err := openGroup(n, name, id, newID, func(g *group) raft.FSM { return notifyingFSM[*fsm.Partition]{r.fsm, g} }, r.log)
+	g, err := openGroup(n, name, id, newID, r.openState, r.log)
 	if err != nil {
 		return nil, err
 	}
@@ -54,6 +54,37 @@ func startReplica(n *Node, name storage.GroupName, id raft.ServerID, create bool
 	go r.run(ctx)
 	return r, nil
 }
+
+// openState opens the partition's state in the node's engine (dropping
+// whatever the engine holds under the group's id when the member is new:
+// it starts from nothing, never from what a removed incarnation left) and
+// brings it up to the group's newest snapshot if it is behind (a data
+// directory from before partition state was stored, or a received
+// snapshot whose restore a crash cut short). Raft restores no snapshot at
+// start: the state is already there.
+func (r *replica) openState(g *group, fresh bool, rc *raft.Config) (raft.FSM, raft.SnapshotStore, error) {
+	if fresh {
+		if err := r.n.engine.DropGroup(g.name.String()); err != nil {
+			return nil, nil, err
+		}
+	}
+	p, err := fsm.OpenPartition(stateKV{r.n.engine.Partition(g.name.String())})
+	if err != nil {
+		return nil, nil, err
+	}
+	r.fsm = fsm.NewRaftFSM(p)
+	if err := r.fsm.RestoreLatest(g.store.Snapshots); err != nil {
+		return nil, nil, err
+	}
+	rc.NoSnapshotRestoreOnStart = true
+	return notifyingFSM[*fsm.Partition]{r.fsm, g}, r.fsm.SnapshotStore(g.store.Snapshots), nil
+}
+
+// stateKV hands a partition's state in the engine to fsm (storage does not
+// know fsm's view type).
+type stateKV struct{ *storage.PartitionKV }
+
+func (k stateKV) View() fsm.KVView { return k.PartitionKV.View() }
 
 // run follows leadership changes; while leader, it keeps the partition's
 // settings in line with the catalogue and proposes a Tick whenever time
@@ -133,8 +164,14 @@ func (r *replica) configure(ctx context.Context) {
 	}
 }
 
-// propose stamps cmd with this leader's clock and applies it.
+// propose stamps cmd with this leader's clock and applies it. An enqueue
+// is refused while a node holding a replica is low on disk space.
 func (r *replica) propose(ctx context.Context, cmd *fsmv1.Command) (*fsm.Result, error) {
+	if cmd.GetEnqueue() != nil {
+		if err := r.n.diskFullError(r.replicaNodes()); err != nil {
+			return nil, err
+		}
+	}
 	cmd.Version = fsm.CommandVersion
 	cmd.Stamp = time.Now().UnixNano()
 	data, err := proto.Marshal(cmd)
@@ -149,6 +186,20 @@ func (r *replica) propose(ctx context.Context, cmd *fsmv1.Command) (*fsm.Result,
 	r.n.metrics.applyCount.Add(1)
 	r.n.metrics.applyNanos.Add(uint64(time.Since(start)))
 	return f.Response().(*fsm.Result), nil
+}
+
+// replicaNodes are the nodes holding a replica of this partition, as the
+// catalogue says.
+func (r *replica) replicaNodes() []string {
+	q, ok := r.n.ctrl.queue(r.queue)
+	if !ok || q.GetId() != r.qid || int(r.part) >= len(q.GetPartitions()) {
+		return []string{r.n.id}
+	}
+	var out []string
+	for _, rep := range q.GetPartitions()[r.part].GetReplicas() {
+		out = append(out, rep.GetNodeId())
+	}
+	return out
 }
 
 // waitReady returns how many messages are ready, once there is one or
@@ -391,7 +442,7 @@ func (s *replicaSet) start(q *fsmv1.QueueInfo, pa *fsmv1.PartitionAssignment, se
 		// older queue of that name, a store whose owner is unknown): a new
 		// member starts from nothing, never from another one's state.
 		s.n.log.Info("removing another member's data before starting a replica", "group", name.String(), "server", id, "err", err)
-		if err := s.n.dir.RemoveGroup(name, storage.WithSharedLog(s.n.shared)); err != nil {
+		if err := s.n.removeGroup(name); err != nil {
 			s.n.log.Error("remove replica data", "group", name.String(), "err", err)
 			return
 		}
@@ -459,7 +510,7 @@ func (s *replicaSet) unregisterAndStop(r *replica) {
 }
 
 func (s *replicaSet) removeData(r *replica) {
-	if err := s.n.dir.RemoveGroup(r.g.name, storage.WithSharedLog(s.n.shared)); err != nil {
+	if err := s.n.removeGroup(r.g.name); err != nil {
 		r.log.Warn("remove replica data", "err", err)
 	}
 	r.log.Info("replica removed")

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/quorumq/quorumq/cluster"
+	"github.com/quorumq/quorumq/storage"
 )
 
 // stopTimeout bounds a graceful stop after SIGINT or SIGTERM.
@@ -33,6 +34,7 @@ var serverKeys = []string{
 	"max-conns", "max-streams-per-conn", "handshake-timeout", "idle-timeout",
 	"max-queues", "max-partitions-per-queue", "max-replicas-per-node", "queue-ops-rate",
 	"debug-addr", "metrics-addr", "reflection", "admin-identities",
+	"state-cache", "state-memtable", "min-free-disk",
 }
 
 // serverFlags holds the server command's flags.
@@ -58,6 +60,9 @@ type serverFlags struct {
 	insecure        bool
 	adminIDs        []string
 	limits          cluster.Limits
+	stateCache      byteSize
+	stateMemTable   byteSize
+	minFreeDisk     byteSize
 	debugAddr       string
 	metricsAddr     string
 	reflection      bool
@@ -91,6 +96,10 @@ func (s *serverFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&s.limits.MaxPartitionsPerQueue, "max-partitions-per-queue", cluster.DefaultMaxPartitionsPerQueue, "partitions of one queue (at most 1024)")
 	fs.IntVar(&s.limits.MaxReplicasPerNode, "max-replicas-per-node", cluster.DefaultMaxReplicasPerNode, "partition replicas placed on one node (each costs about 1.4 MiB of memory and some CPU when idle)")
 	fs.Float64Var(&s.limits.QueueOpsRate, "queue-ops-rate", cluster.DefaultQueueOpsRate, "queue creations and deletions per second, cluster-wide, bursts of twice that")
+	s.stateCache, s.stateMemTable, s.minFreeDisk = byteSize(storage.DefaultEngineCacheBytes), byteSize(storage.DefaultEngineMemTableBytes), byteSize(cluster.DefaultMinFreeBytes)
+	fs.Var(&s.stateCache, "state-cache", "block cache of the state engine (every partition's messages live on disk; this caches their blocks)")
+	fs.Var(&s.stateMemTable, "state-memtable", fmt.Sprintf("one memtable of the state engine, 1MiB to 1GiB; at most %d are held, so the engine's memory is about state-cache + %d × this", storage.EngineMemTables, storage.EngineMemTables))
+	fs.Var(&s.minFreeDisk, "min-free-disk", "refuse enqueues (RESOURCE_EXHAUSTED) while the data directory's filesystem has less free space; receives and acks go on, so consumers can drain (negative: never refuse)")
 	fs.StringVar(&s.debugAddr, "debug-addr", "", `serve pprof on this address, and only there (off by default; "6060" or ":6060" binds 127.0.0.1; profiles of at most 60s)`)
 	fs.StringVar(&s.metricsAddr, "metrics-addr", "", "serve /metrics on this address instead of on --http-addr")
 	fs.BoolVar(&s.reflection, "reflection", false, "register gRPC server reflection on the client port (for grpcurl and the like)")
@@ -153,9 +162,14 @@ func (s *serverFlags) clusterConfig() (cluster.Config, error) {
 		Insecure:        s.insecure,
 		AdminIdentities: s.adminIDs,
 		Limits:          s.limits,
-		DebugAddr:       s.debugAddr,
-		MetricsAddr:     s.metricsAddr,
-		Reflection:      s.reflection,
+		Storage: cluster.StorageConfig{
+			CacheBytes:    int64(s.stateCache),
+			MemTableBytes: int64(s.stateMemTable),
+			MinFreeBytes:  int64(s.minFreeDisk),
+		},
+		DebugAddr:   s.debugAddr,
+		MetricsAddr: s.metricsAddr,
+		Reflection:  s.reflection,
 	}, nil
 }
 
