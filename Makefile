@@ -21,7 +21,7 @@ build:
 ## chaos run of test/chaos each load both cores of the machine; run together,
 ## their elections and catch-ups time out.
 test: proto-check lint
-	$(GO) test -race -count=1 -p 1 $(PKGS)
+	$(GO) test -race -count=1 -p 1 -timeout 25m $(PKGS)
 	$(MAKE) chart-test
 	@if docker info >/dev/null 2>&1; then $(MAKE) deploy-test; else echo "skip: deploy-test (no Docker daemon)"; fi
 
