@@ -45,6 +45,12 @@ func (s *peerServer) Propose(ctx context.Context, req *peerv1.ProposeRequest) (*
 	if errors.As(err, &nle) {
 		return &peerv1.ProposeResponse{NotLeader: &peerv1.NotLeader{LeaderId: nle.Leader}}, nil
 	}
+	// A refusal (disk low on a replica's node) is an answer, not a failure
+	// to retry elsewhere.
+	var le *LimitError
+	if errors.As(err, &le) {
+		return nil, le.status()
+	}
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
