@@ -77,8 +77,24 @@ func (r *replica) openState(g *group, fresh bool, rc *raft.Config) (raft.FSM, ra
 		return nil, nil, err
 	}
 	rc.NoSnapshotRestoreOnStart = true
+	// A partition's snapshot is a sync of the state engine and a 12-byte
+	// mark, so it is taken often: a restart re-reads the log from the last
+	// one (hashicorp/raft feeds every entry after it to the FSM again,
+	// which skips those its store holds), and 16k entries of batched 1 KiB
+	// messages are over a GB to read.
+	if r.n.cfg.snapshotThreshold == 0 {
+		rc.SnapshotThreshold = partitionSnapshotEntries
+	}
+	rc.SnapshotInterval = partitionSnapshotInterval
 	return notifyingFSM[*fsm.Partition]{r.fsm, g}, r.fsm.SnapshotStore(g.store.Snapshots), nil
 }
+
+// How often a partition takes a snapshot: every this many entries, checked
+// this often.
+const (
+	partitionSnapshotEntries  = 1024
+	partitionSnapshotInterval = 5 * time.Second
+)
 
 // stateKV hands a partition's state in the engine to fsm (storage does not
 // know fsm's view type).

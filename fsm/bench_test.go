@@ -36,6 +36,25 @@ func enqueueCmd(stamp int64, n, size int, dedupPrefix string) *fsmv1.Command {
 	return &fsmv1.Command{Stamp: stamp, Op: &fsmv1.Command_Enqueue{Enqueue: &fsmv1.Enqueue{Messages: msgs}}}
 }
 
+// benchStores are the stores the benchmarks run on: memory, and the disk
+// engine (benchDiskFSM, in model_disk_test.go).
+var benchStores = []struct {
+	name string
+	new  func(b *testing.B) *RaftFSM[*Partition]
+}{
+	{"mem", func(*testing.B) *RaftFSM[*Partition] { return NewPartitionFSM() }},
+	{"disk", benchDiskFSM},
+}
+
+// renumber gives logs the indexes after *index: a stored machine skips
+// entries at or below the index it holds.
+func renumber(logs []*raft.Log, index *uint64) {
+	for _, l := range logs {
+		*index++
+		l.Index = *index
+	}
+}
+
 func applyAll(b *testing.B, f *RaftFSM[*Partition], logs []*raft.Log) {
 	for len(logs) > 0 {
 		n := min(benchBatch, len(logs))
@@ -51,8 +70,18 @@ func applyAll(b *testing.B, f *RaftFSM[*Partition], logs []*raft.Log) {
 // BenchmarkApplyEnqueue: one op is one log entry of 100 messages of 128 B.
 // The partition is replaced every million messages so memory stays flat.
 func BenchmarkApplyEnqueue(b *testing.B) {
-	for _, dedup := range []bool{false, true} {
-		b.Run(fmt.Sprintf("dedup=%v", dedup), func(b *testing.B) {
+	for _, store := range benchStores {
+		for _, dedup := range []bool{false, true} {
+			b.Run(fmt.Sprintf("store=%s/dedup=%v", store.name, dedup), func(b *testing.B) {
+				benchApplyEnqueue(b, store.new, dedup)
+			})
+		}
+	}
+}
+
+func benchApplyEnqueue(b *testing.B, newFSM func(*testing.B) *RaftFSM[*Partition], dedup bool) {
+	{
+		{
 			const perLog, size, pool = 100, 128, 1024
 			var logs []*raft.Log
 			gen := 0
@@ -68,12 +97,14 @@ func BenchmarkApplyEnqueue(b *testing.B) {
 				gen++
 			}
 			refill()
-			f := NewPartitionFSM()
+			f := newFSM(b)
+			var index uint64
 			b.ReportAllocs()
 			b.SetBytes(perLog * size)
 			b.ResetTimer()
 			for done := 0; done < b.N; {
 				n := min(pool, b.N-done)
+				renumber(logs[:n], &index)
 				applyAll(b, f, logs[:n])
 				done += n
 				if done < b.N {
@@ -84,21 +115,26 @@ func BenchmarkApplyEnqueue(b *testing.B) {
 					var s Stats
 					f.Read(func(p *Partition) { s = p.Stats() })
 					if s.Messages() >= 1_000_000 {
-						f = NewPartitionFSM()
+						f, index = newFSM(b), 0
 					}
 					b.StartTimer()
 				}
 			}
 			b.ReportMetric(float64(b.N*perLog)/b.Elapsed().Seconds(), "msgs/s")
-		})
+		}
 	}
 }
 
 // BenchmarkApplyReceiveAck: one op is a Receive of 100 messages and the Ack
 // of those 100 receipts, two log entries.
 func BenchmarkApplyReceiveAck(b *testing.B) {
+	for _, store := range benchStores {
+		b.Run("store="+store.name, func(b *testing.B) { benchApplyReceiveAck(b, store.new(b)) })
+	}
+}
+
+func benchApplyReceiveAck(b *testing.B, f *RaftFSM[*Partition]) {
 	const perOp, prefill = 100, 200_000
-	f := NewPartitionFSM()
 	index := uint64(0)
 	next := func() uint64 { index++; return index }
 	fill := func() {

@@ -1,6 +1,10 @@
 package fsm
 
-import "crypto/sha256"
+import (
+	"bytes"
+	"crypto/sha256"
+	"slices"
+)
 
 // dedupKey identifies a dedup id by the first 16 bytes of its SHA-256:
 // fixed-size keys, and no producer can craft an id that collides with
@@ -41,7 +45,7 @@ func (p *Partition) dedupLookup(key dedupKey) (cur dedupRecord, dup, known bool)
 
 // dedupRemember records key for seq for the queue's dedup window; old is
 // the table's expired entry for key, if it still holds one.
-func (p *Partition) dedupRemember(key dedupKey, seq uint64, old *dedupRecord) {
+func (p *Partition) dedupRemember(key dedupKey, seq uint64, old *dedupRecord) *dedupRecord {
 	r := dedupRecord{key: key, seq: seq, expiresAt: p.now + p.settings.GetDedupWindow()}
 	if old != nil {
 		// An expired entry not yet forgotten (its window was longer than
@@ -54,6 +58,7 @@ func (p *Partition) dedupRemember(key dedupKey, seq uint64, old *dedupRecord) {
 	p.fifo.put(p.kv, key1(kFIFO, p.fifoTail), fifoValue(r))
 	p.fifoTail++
 	p.dedupFactIn(&r)
+	return &r
 }
 
 // dedupExpire forgets the dedup ids whose window has passed, oldest first.
@@ -75,4 +80,52 @@ func (p *Partition) dedupExpire() {
 			p.dedupFactOut(&r)
 		}
 	}
+}
+
+// dedupCache holds a command's dedup entries, read in one GetMany before
+// its messages are stored and updated as they are: a nil entry is an id
+// the table does not hold.
+type dedupCache map[dedupKey]*dedupRecord
+
+// dedupPrefetch reads the entries of every dedup id of msgs at once.
+func (p *Partition) dedupPrefetch(msgs []newMsg) dedupCache {
+	var keys [][]byte
+	for i := range msgs {
+		if p.dedupOn(msgs[i].dedupID) {
+			k := keyOf(msgs[i].dedupID)
+			keys = append(keys, dedupKeyOf(k))
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	slices.SortFunc(keys, bytes.Compare)
+	keys = slices.CompactFunc(keys, bytes.Equal)
+	c := make(dedupCache, len(keys))
+	for _, k := range keys {
+		c[dedupKey(k[1:])] = nil
+	}
+	p.kv.GetMany(keys, func(i int, v []byte, ok bool) {
+		if !ok {
+			return
+		}
+		if len(v) != 16 {
+			badValue("dedup", 0)
+		}
+		k := dedupKey(keys[i][1:])
+		c[k] = &dedupRecord{key: k, seq: u64at(v, 0), expiresAt: int64(u64at(v, 8))}
+	})
+	return c
+}
+
+// lookup is dedupLookup through the cache.
+func (p *Partition) cachedLookup(c dedupCache, key dedupKey) (cur dedupRecord, dup, known bool) {
+	r, ok := c[key]
+	if !ok {
+		return p.dedupLookup(key)
+	}
+	if r == nil {
+		return dedupRecord{}, false, false
+	}
+	return *r, r.expiresAt > p.now, true
 }

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"log/slog"
 	"testing"
 
 	"github.com/quorumq/quorumq/storage"
@@ -33,4 +34,19 @@ func TestPartitionModelOnDisk(t *testing.T) {
 		}
 		return p
 	})
+}
+
+// benchDiskFSM returns the adapter around an empty partition in a disk
+// engine of its own (64 MiB cache, as a node's default).
+func benchDiskFSM(b *testing.B) *RaftFSM[*Partition] {
+	e, err := storage.OpenEngine(b.TempDir(), storage.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { e.Close() })
+	p, err := OpenPartition(diskKV{e.Partition("q/bench/1/0")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return NewRaftFSM(p)
 }

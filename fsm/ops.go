@@ -15,6 +15,7 @@ func (p *Partition) enqueue(msgs []newMsg, res *Result) {
 		return
 	}
 	res.Enqueued = make([]Enqueued, len(msgs))
+	cache := p.dedupPrefetch(msgs)
 	for i := range msgs {
 		nm := &msgs[i]
 		dedup := p.dedupOn(nm.dedupID)
@@ -22,7 +23,7 @@ func (p *Partition) enqueue(msgs []newMsg, res *Result) {
 		var old *dedupRecord
 		if dedup {
 			key = keyOf(nm.dedupID)
-			cur, dup, known := p.dedupLookup(key)
+			cur, dup, known := p.cachedLookup(cache, key)
 			if dup {
 				res.Enqueued[i] = Enqueued{Seq: cur.seq, Duplicate: true}
 				continue
@@ -52,7 +53,7 @@ func (p *Partition) enqueue(msgs []newMsg, res *Result) {
 			p.factIn(&m)
 		}
 		if dedup {
-			p.dedupRemember(key, seq, old)
+			cache[key] = p.dedupRemember(key, seq, old)
 		}
 		res.Enqueued[i] = Enqueued{Seq: seq}
 	}

@@ -97,8 +97,10 @@ type Engine struct {
 	dir string
 	log *slog.Logger
 
-	views  atomic.Int64 // open PartitionViews
-	stalls atomic.Int64 // write stalls since open
+	views  atomic.Int64   // open PartitionViews
+	ovs    engineOverlays // partitions' unflushed writes (engine_overlay.go)
+	stalls atomic.Int64   // write stalls since open
+	logs   engineLogs     // Raft logs kept in the engine (engine_log.go)
 
 	mu       sync.Mutex // serialises Close
 	closed   atomic.Bool
@@ -160,6 +162,7 @@ func OpenEngine(dir string, opts EngineOptions) (*Engine, error) {
 	if err := e.checkFormat(); err != nil {
 		return nil, errors.Join(fmt.Errorf("storage: open state engine %s: %w", dir, err), db.Close())
 	}
+	e.startFlusher()
 	return e, nil
 }
 
@@ -229,7 +232,13 @@ func (e *Engine) Close() error {
 	if n := e.views.Load(); n > 0 {
 		return fmt.Errorf("storage: close state engine %s: %d views still open", e.dir, n)
 	}
+	// What partitions committed survives a clean close.
+	e.stopFlusher()
+	// Wait for EngineLog calls in flight (pebble panics on use after
+	// close); later ones see closed and return ErrEngineClosed.
+	e.logs.ops.Lock()
 	e.closed.Store(true)
+	e.logs.ops.Unlock()
 	if err := e.db.Close(); err != nil {
 		e.closeErr = fmt.Errorf("storage: close state engine %s: %w", e.dir, err)
 	}
@@ -270,6 +279,7 @@ func (e *Engine) DropGroup(group string) error {
 	if e.closed.Load() {
 		return ErrEngineClosed
 	}
+	e.forget(group)
 	p := groupPrefix(group)
 	if err := e.db.DeleteRange(p, prefixEnd(p), pebble.Sync); err != nil {
 		return fmt.Errorf("storage: drop state of %s: %w", group, err)
@@ -284,6 +294,8 @@ func (e *Engine) Groups() ([]string, error) {
 	if e.closed.Load() {
 		return nil, ErrEngineClosed
 	}
+	// Committed writes still in overlays count: flush them first.
+	e.flushIdle(true)
 	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: groupsLower, UpperBound: groupsUpper})
 	if err != nil {
 		return nil, fmt.Errorf("storage: list state groups: %w", err)

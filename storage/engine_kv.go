@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/google/btree"
 )
 
 // ErrViewClosed means a PartitionView was read after Close.
@@ -51,8 +52,12 @@ type PartitionKV struct {
 	prefix []byte // p<group>\x00
 	end    []byte // p<group>\x01: the first key after the group's keys
 
-	batch    *pebble.Batch // writes since the last Commit; nil if none
-	unsynced bool          // a Commit since the last Sync
+	// mu guards the overlay (engine_overlay.go): the owner writes and
+	// reads it, the engine's flusher flushes its committed layer.
+	mu       sync.Mutex
+	ov       overlay
+	ovBytes  atomic.Int64 // ov.bytes, for the flusher's ordering
+	unsynced bool         // a flush since the last Sync
 
 	key   []byte // scratch: a prefixed key, or a lower bound
 	upper []byte // scratch: a prefixed upper bound
@@ -68,7 +73,9 @@ func (e *Engine) Partition(group string) *PartitionKV {
 		panic(err.Error())
 	}
 	p := groupPrefix(group)
-	return &PartitionKV{e: e, group: group, prefix: p, end: prefixEnd(p)}
+	kv := &PartitionKV{e: e, group: group, prefix: p, end: prefixEnd(p), ov: newOverlay()}
+	e.register(kv)
+	return kv
 }
 
 // Group returns the group id.
@@ -94,38 +101,29 @@ func (p *PartitionKV) bounds(lower, upper []byte) (lo, hi []byte, ok bool) {
 	return lo, hi, true
 }
 
-// writer returns the pending batch, starting one if needed.
-func (p *PartitionKV) writer() *pebble.Batch {
-	if p.batch == nil {
-		p.batch = p.e.db.NewIndexedBatch()
-	}
-	return p.batch
-}
-
 func (p *PartitionKV) readFailed(err error) {
 	panic(fmt.Sprintf("storage: reading partition state of %s: %v", p.group, err))
-}
-
-func (p *PartitionKV) writeFailed(err error) {
-	// A batch write fails only on a broken invariant (an index that cannot
-	// grow); there is nothing the state machine could do differently.
-	panic(fmt.Sprintf("storage: writing partition state of %s: %v", p.group, err))
 }
 
 // Get returns the value under key, seeing uncommitted writes. The value is
 // valid until the next call on the PartitionKV and must not be modified.
 func (p *PartitionKV) Get(key []byte) ([]byte, bool) {
-	k := p.prefixed(&p.key, key)
-	var (
-		v   []byte
-		c   io.Closer
-		err error
-	)
-	if p.batch != nil {
-		v, c, err = p.batch.Get(k)
-	} else {
-		v, c, err = p.e.db.Get(k)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	o := &p.ov
+	if e, ok := o.pend.Get(ovEntry{k: key}); ok {
+		return e.v, !e.del
 	}
+	if covered(o.pendDels, key) {
+		return nil, false
+	}
+	if e, ok := o.t.Get(ovEntry{k: key}); ok {
+		return e.v, !e.del
+	}
+	if covered(o.dels, key) {
+		return nil, false
+	}
+	v, c, err := p.e.db.Get(p.prefixed(&p.key, key))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, false
 	}
@@ -145,58 +143,216 @@ func (p *PartitionKV) Get(key []byte) ([]byte, bool) {
 	return p.val, true
 }
 
+// GetMany looks keys (in increasing order) up at once: the overlay for
+// each, then one pebble iterator seeking from one missing key to the next,
+// instead of a Get (and its iterator) each. fn is called once per key, in
+// any order; the value is valid only during fn, and fn must not call the
+// PartitionKV.
+func (p *PartitionKV) GetMany(keys [][]byte, fn func(i int, value []byte, ok bool)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	o := &p.ov
+	var miss []int
+	for i, key := range keys {
+		if e, ok := o.pend.Get(ovEntry{k: key}); ok {
+			fn(i, e.v, !e.del)
+			continue
+		}
+		if covered(o.pendDels, key) {
+			fn(i, nil, false)
+			continue
+		}
+		if e, ok := o.t.Get(ovEntry{k: key}); ok {
+			fn(i, e.v, !e.del)
+			continue
+		}
+		if covered(o.dels, key) {
+			fn(i, nil, false)
+			continue
+		}
+		miss = append(miss, i)
+	}
+	if len(miss) == 0 {
+		return
+	}
+	it, err := p.e.db.NewIter(&pebble.IterOptions{LowerBound: p.prefixed(&p.key, keys[miss[0]]), UpperBound: p.end})
+	if err != nil {
+		p.readFailed(err)
+	}
+	for _, i := range miss {
+		k := p.prefixed(&p.upper, keys[i])
+		// A prefix seek (the whole key is the prefix) consults the
+		// sstables' bloom filters, as a Get does; a plain seek would not.
+		if it.SeekPrefixGE(k) && bytes.Equal(it.Key(), k) {
+			v, err := it.ValueAndErr()
+			if err != nil {
+				p.readFailed(errors.Join(err, it.Close()))
+			}
+			fn(i, v, true)
+		} else {
+			fn(i, nil, false)
+		}
+	}
+	if err := errors.Join(it.Error(), it.Close()); err != nil {
+		p.readFailed(err)
+	}
+}
+
 // Set stores value under key; both are copied.
 func (p *PartitionKV) Set(key, value []byte) {
-	if err := p.writer().Set(p.prefixed(&p.key, key), value, nil); err != nil {
-		p.writeFailed(err)
-	}
+	p.mu.Lock()
+	p.put(key, value, false)
+	p.mu.Unlock()
 }
 
 // Delete removes key; deleting a missing key does nothing.
 func (p *PartitionKV) Delete(key []byte) {
-	if err := p.writer().Delete(p.prefixed(&p.key, key), nil); err != nil {
-		p.writeFailed(err)
-	}
+	p.mu.Lock()
+	p.put(key, nil, true)
+	p.mu.Unlock()
 }
 
 // DeleteRange removes every key in [lower, upper) (upper nil: to the end
-// of the group) with one range tombstone, whatever the number of keys.
+// of the group): one range tombstone when flushed, whatever the number of
+// keys.
 func (p *PartitionKV) DeleteRange(lower, upper []byte) {
-	lo, hi, ok := p.bounds(lower, upper)
-	if !ok {
+	if upper != nil && bytes.Compare(lower, upper) >= 0 {
 		return
 	}
-	if err := p.writer().DeleteRange(lo, hi, nil); err != nil {
-		p.writeFailed(err)
-	}
+	p.mu.Lock()
+	p.deleteRange(lower, upper)
+	p.mu.Unlock()
 }
 
 // Scan calls fn for each pair with lower <= key < upper (upper nil: to the
 // end of the group) in key order until fn returns false, seeing
-// uncommitted writes. The slices point into pebble's blocks (no copy) and
-// are valid only during fn; fn must not call the PartitionKV.
+// uncommitted writes: the overlay's two layers merged over pebble. The
+// slices are valid only during fn; fn must not call the PartitionKV.
 func (p *PartitionKV) Scan(lower, upper []byte, fn func(key, value []byte) bool) {
 	lo, hi, ok := p.bounds(lower, upper)
 	if !ok {
 		return
 	}
-	o := &pebble.IterOptions{LowerBound: lo, UpperBound: hi}
-	var (
-		it  *pebble.Iterator
-		err error
-	)
-	if p.batch != nil {
-		it, err = p.batch.NewIter(o)
-	} else {
-		it, err = p.e.db.NewIter(o)
-	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	it, err := p.e.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		p.readFailed(err)
 	}
-	if err := scanIter(it, len(p.prefix), fn); err != nil {
+	if err := p.mergeScan(it, lower, upper, fn); err != nil {
 		p.readFailed(err)
 	}
 }
+
+// mergeScan merges the pending layer, the committed layer and pebble's
+// iterator (positioned nowhere yet), newest first for equal keys, hiding
+// what range deletions of newer layers cover, and closes it.
+func (p *PartitionKV) mergeScan(it *pebble.Iterator, lower, upper []byte, fn func(key, value []byte) bool) error {
+	o := &p.ov
+	pend := newTreeIter(o.pend, lower, upper)
+	comm := newTreeIter(o.t, lower, upper)
+	n := len(p.prefix)
+	valid := it.First()
+	for {
+		// Drop what a newer layer's range deletion hides.
+		for valid && (covered(o.dels, it.Key()[n:]) || covered(o.pendDels, it.Key()[n:])) {
+			valid = it.Next()
+		}
+		for e, ok := comm.peek(); ok && covered(o.pendDels, e.k); e, ok = comm.peek() {
+			comm.next()
+		}
+		var best []byte
+		pe, pok := pend.peek()
+		ce, cok := comm.peek()
+		if pok {
+			best = pe.k
+		}
+		if cok && (best == nil || bytes.Compare(ce.k, best) < 0) {
+			best = ce.k
+		}
+		if valid && (best == nil || bytes.Compare(it.Key()[n:], best) < 0) {
+			v, err := it.ValueAndErr()
+			if err != nil {
+				return errors.Join(err, it.Close())
+			}
+			if !fn(it.Key()[n:], v) {
+				break
+			}
+			valid = it.Next()
+			continue
+		}
+		if best == nil {
+			break
+		}
+		// An overlay entry wins over the older versions of its key.
+		var e ovEntry
+		if pok && bytes.Equal(pe.k, best) {
+			e = pe
+			pend.next()
+			if cok && bytes.Equal(ce.k, best) {
+				comm.next()
+			}
+		} else {
+			e = ce
+			comm.next()
+		}
+		if valid && bytes.Equal(it.Key()[n:], best) {
+			valid = it.Next()
+		}
+		if !e.del && !fn(e.k, e.v) {
+			break
+		}
+	}
+	return errors.Join(it.Error(), it.Close())
+}
+
+// treeIter walks an overlay layer from lower to upper in chunks (the
+// btree's iteration is push-style).
+type treeIter struct {
+	t     *btree.BTreeG[ovEntry]
+	upper []byte
+	buf   []ovEntry
+	i     int
+	from  []byte
+	done  bool
+}
+
+func newTreeIter(t *btree.BTreeG[ovEntry], lower, upper []byte) *treeIter {
+	it := &treeIter{t: t, upper: upper, from: lower}
+	if t.Len() == 0 {
+		it.done = true
+	}
+	return it
+}
+
+const treeChunk = 64
+
+func (it *treeIter) peek() (ovEntry, bool) {
+	if it.i == len(it.buf) {
+		if it.done {
+			return ovEntry{}, false
+		}
+		it.buf, it.i = it.buf[:0], 0
+		it.t.AscendGreaterOrEqual(ovEntry{k: it.from}, func(e ovEntry) bool {
+			if it.upper != nil && bytes.Compare(e.k, it.upper) >= 0 {
+				return false
+			}
+			it.buf = append(it.buf, e)
+			return len(it.buf) < treeChunk
+		})
+		if len(it.buf) < treeChunk {
+			it.done = true
+		} else {
+			it.from = append(bytes.Clone(it.buf[len(it.buf)-1].k), 0)
+		}
+		if len(it.buf) == 0 {
+			return ovEntry{}, false
+		}
+	}
+	return it.buf[it.i], true
+}
+
+func (it *treeIter) next() { it.i++ }
 
 // scanIter runs fn over it, keys without their first n bytes, and closes
 // it.
@@ -211,17 +367,25 @@ func scanIter(it *pebble.Iterator, n int, fn func(key, value []byte) bool) error
 	return errors.Join(err, it.Error(), it.Close())
 }
 
-// Commit applies the writes since the last Commit as one atomic unit:
-// after a crash all of them are there or none. It does not wait for the
-// disk (the Raft log is the durable record; see Sync). Commit with no
-// writes does nothing. After an error the writes are discarded and the
-// state machine must stop: its state no longer matches what it applied.
+// Commit makes the writes since the last Commit one atomic unit: after a
+// crash either all of them are there or none. They stay in the overlay
+// (engine_overlay.go) and reach pebble with a later flush — here once the
+// overlay holds overlayFlushBytes, or by the engine's flusher — never
+// split. It does not wait for the disk (the Raft log is the durable
+// record; see Sync). After an error the state machine must stop: its
+// state no longer matches what it applied.
 func (p *PartitionKV) Commit() error {
-	b := p.batch
-	if b == nil {
-		return nil
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.commitPending()
+	if p.ov.bytes >= overlayFlushBytes {
+		return p.flushLocked()
 	}
-	p.batch = nil
+	return nil
+}
+
+// commitBatch applies a flush's batch without waiting for the disk.
+func (p *PartitionKV) commitBatch(b *pebble.Batch) error {
 	// pebble.Batch.Commit returns an error only for a misuse it detects
 	// (read-only or closed database); a failed WAL write reaches the
 	// Logger's Fatalf, which panics.
@@ -229,19 +393,25 @@ func (p *PartitionKV) Commit() error {
 		return fmt.Errorf("storage: commit state of %s: %w", p.group, err)
 	}
 	p.unsynced = true
-	// A committed batch cannot be reused (pebble may keep a large batch's
-	// data as a flushable); closing returns it to pebble's pool.
-	return b.Close()
+	return nil
 }
 
-// Sync makes everything committed so far durable: it appends an empty
-// LogData record to the WAL with pebble.Sync, which fsyncs the WAL up to
-// and including that record, and so every commit before it, of this
-// partition and of all the others (one WAL; concurrent Syncs share
-// fsyncs). A synced empty batch would not do: pebble's commit pipeline
-// returns at once for an empty batch, without writing or syncing anything.
-// Sync does nothing if there was no Commit since the last Sync.
+// Sync makes everything committed so far durable: it flushes the overlay's
+// committed layer, then appends an empty LogData record to the WAL with
+// pebble.Sync, which fsyncs the WAL up to and including that record, and
+// so every write before it, of this partition and of all the others (one
+// WAL; concurrent Syncs share fsyncs). A synced empty batch would not do:
+// pebble's commit pipeline returns at once for an empty batch, without
+// writing or syncing anything. Writes not yet committed are not made
+// durable.
 func (p *PartitionKV) Sync() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.ov.committedEmpty() {
+		if err := p.flushLocked(); err != nil {
+			return err
+		}
+	}
 	if !p.unsynced {
 		return nil
 	}
@@ -257,6 +427,13 @@ func (p *PartitionKV) Sync() error {
 // commits do not change it. Close it: an open view keeps the engine from
 // closing and keeps compactions from dropping the data it can see.
 func (p *PartitionKV) View() *PartitionView {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.ov.committedEmpty() {
+		if err := p.flushLocked(); err != nil {
+			panic(fmt.Sprintf("storage: flushing partition state of %s: %v", p.group, err))
+		}
+	}
 	v := &PartitionView{e: p.e, group: p.group, prefix: p.prefix, end: p.end, snap: p.e.db.NewSnapshot()}
 	p.e.views.Add(1)
 	return v
