@@ -34,7 +34,7 @@ var serverKeys = []string{
 	"max-conns", "max-streams-per-conn", "handshake-timeout", "idle-timeout",
 	"max-queues", "max-partitions-per-queue", "max-replicas-per-node", "queue-ops-rate",
 	"debug-addr", "metrics-addr", "reflection", "admin-identities",
-	"state-cache", "state-memtable", "min-free-disk",
+	"state-cache", "state-memtable", "min-free-disk", "memory-limit",
 }
 
 // serverFlags holds the server command's flags.
@@ -63,6 +63,7 @@ type serverFlags struct {
 	stateCache      byteSize
 	stateMemTable   byteSize
 	minFreeDisk     byteSize
+	memoryLimit     byteSize
 	debugAddr       string
 	metricsAddr     string
 	reflection      bool
@@ -99,6 +100,7 @@ func (s *serverFlags) register(fs *pflag.FlagSet) {
 	s.stateCache, s.stateMemTable, s.minFreeDisk = byteSize(storage.DefaultEngineCacheBytes), byteSize(storage.DefaultEngineMemTableBytes), byteSize(cluster.DefaultMinFreeBytes)
 	fs.Var(&s.stateCache, "state-cache", "block cache of the state engine (every partition's messages live on disk; this caches their blocks)")
 	fs.Var(&s.stateMemTable, "state-memtable", fmt.Sprintf("one memtable of the state engine, 1MiB to 1GiB; at most %d are held, so the engine's memory is about state-cache + %d × this", storage.EngineMemTables, storage.EngineMemTables))
+	fs.Var(&s.memoryLimit, "memory-limit", fmt.Sprintf("soft limit of the Go runtime's memory (the garbage collector works harder near it); 0: GOMEMLIMIT if set, else %.0f%% of the cgroup's memory limit, else %s; negative: none", cgroupShare*100, new(byteSize(defaultMemoryLimit))))
 	fs.Var(&s.minFreeDisk, "min-free-disk", "refuse enqueues (RESOURCE_EXHAUSTED) while the data directory's filesystem has less free space; receives and acks go on, so consumers can drain (negative: never refuse)")
 	fs.StringVar(&s.debugAddr, "debug-addr", "", `serve pprof on this address, and only there (off by default; "6060" or ":6060" binds 127.0.0.1; profiles of at most 60s)`)
 	fs.StringVar(&s.metricsAddr, "metrics-addr", "", "serve /metrics on this address instead of on --http-addr")
@@ -216,6 +218,9 @@ to read a request and to write an answer, 2m idle.`,
 			cfg, err := sf.clusterConfig()
 			if err != nil {
 				return &usageError{cmd: cmd, err: err}
+			}
+			if limit := setMemoryLimit(int64(sf.memoryLimit)); limit > 0 {
+				slog.Info("go memory limit", "bytes", limit)
 			}
 			return a.serve(cmd.Context(), cfg)
 		},
