@@ -5,22 +5,28 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/quorumq/quorumq/test/lazyfs"
 	"github.com/quorumq/quorumq/test/netns"
 )
 
 // The chaos runs need root and network namespaces; without them they
 // skip, unless QUORUMQ_NETNS_REQUIRED=1 (CI) makes that a failure.
+// lose-unsynced also needs FUSE (test/lazyfs); without it the kind is left
+// out, unless QUORUMQ_FUSE_REQUIRED=1 (CI) makes that a failure.
 //
 //	go test ./test/chaos -run Short                   # the CI run, a few minutes
 //	QUORUMQ_CHAOS=full go test ./test/chaos -run Full -timeout 2h   # make chaos
 //
-// QUORUMQ_CHAOS_SEED replays one seed; QUORUMQ_CHAOS_DIR keeps the run
-// folders (history, timeline, verdict) somewhere lasting.
+// QUORUMQ_CHAOS_SEED replays one seed; QUORUMQ_CHAOS_KINDS (comma
+// separated, e.g. lose-unsynced,kill-leader) replaces a run's kinds;
+// QUORUMQ_CHAOS_DIR keeps the run folders (history, timeline, verdict)
+// somewhere lasting.
 
 func buildQuorumq(t *testing.T) string {
 	t.Helper()
@@ -54,6 +60,33 @@ func seeds(t *testing.T, n int) []uint64 {
 	return out
 }
 
+// kinds returns QUORUMQ_CHAOS_KINDS's kinds if it is set, else def;
+// lose-unsynced is left out where FUSE is unavailable and not required.
+func kinds(t *testing.T, def []Kind) []Kind {
+	t.Helper()
+	out := def
+	if s := os.Getenv("QUORUMQ_CHAOS_KINDS"); s != "" {
+		out = nil
+		for _, k := range strings.Split(s, ",") {
+			k := Kind(strings.TrimSpace(k))
+			if !slices.Contains(AllKinds, k) {
+				t.Fatalf("QUORUMQ_CHAOS_KINDS: unknown kind %q (kinds: %v)", k, AllKinds)
+			}
+			out = append(out, k)
+		}
+	}
+	if slices.Contains(out, LoseUnsynced) {
+		if err := lazyfs.Available(); err != nil {
+			if os.Getenv("QUORUMQ_FUSE_REQUIRED") == "1" {
+				t.Fatalf("FUSE required for %s: %v", LoseUnsynced, err)
+			}
+			t.Logf("%s left out: %v", LoseUnsynced, err)
+			out = slices.DeleteFunc(slices.Clone(out), func(k Kind) bool { return k == LoseUnsynced })
+		}
+	}
+	return out
+}
+
 // run runs one seed and fails t on any violation.
 func run(t *testing.T, cfg Config) *Result {
 	t.Helper()
@@ -68,6 +101,12 @@ func run(t *testing.T, cfg Config) *Result {
 			t.Fatalf("network namespaces required: %v", err)
 		}
 		t.Skipf("network namespaces unavailable: %v", err)
+	}
+	if errors.Is(err, lazyfs.ErrUnavailable) {
+		if os.Getenv("QUORUMQ_FUSE_REQUIRED") == "1" {
+			t.Fatalf("FUSE required: %v", err)
+		}
+		t.Skipf("FUSE unavailable: %v", err)
 	}
 	t.Log("\n" + out.String())
 	if err != nil {
@@ -98,14 +137,14 @@ func logTail(t *testing.T, dir string) {
 }
 
 // TestChaosShort is the CI run: kill a leader, isolate a leader, pause a
-// node, wipe a leader right after an ack, under load; nothing acknowledged
-// may be lost.
+// node, wipe a leader right after an ack, lose a node's unsynced writes,
+// under load; nothing acknowledged may be lost.
 func TestChaosShort(t *testing.T) {
 	if testing.Short() {
 		t.Skip("chaos run")
 	}
 	bin := buildQuorumq(t)
-	run(t, Config{Binary: bin, Dir: runDir(t), Seed: seeds(t, 1)[0], Kinds: ShortKinds})
+	run(t, Config{Binary: bin, Dir: runDir(t), Seed: seeds(t, 1)[0], Kinds: kinds(t, ShortKinds)})
 }
 
 // TestChaosFull is make chaos: every fault kind, several seeds, at least
@@ -125,9 +164,10 @@ func TestChaosFull(t *testing.T) {
 	}
 	start := time.Now()
 	dir := runDir(t)
+	ks := kinds(t, FullKinds)
 	for i := 0; ; i++ {
 		for _, seed := range seeds(t, 1) {
-			run(t, Config{Binary: bin, Dir: dir, Seed: seed + uint64(i), Kinds: FullKinds, Faults: 2 * len(AllKinds)})
+			run(t, Config{Binary: bin, Dir: dir, Seed: seed + uint64(i), Kinds: ks, Faults: 2 * len(AllKinds)})
 		}
 		if time.Since(start) >= minimum || os.Getenv("QUORUMQ_CHAOS_SEED") != "" {
 			break

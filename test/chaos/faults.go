@@ -37,19 +37,21 @@ const (
 	WipeLeader     Kind = "wipe-leader"     // a busy partition's leader loses its data right after an ack, restarts at once
 	Replace        Kind = "replace"         // a node dies for good; a new one takes its place
 	RollingRestart Kind = "rolling-restart" // every node stopped and started in turn
+	LoseUnsynced   Kind = "lose-unsynced"   // a node dies with its machine: SIGKILL, its unsynced writes lost (test/lazyfs), restart
 )
 
 // AllKinds is every fault kind.
 var AllKinds = []Kind{KillNode, KillLeader, KillController, KillMajority, Pause, IsolateNode, IsolateLeader,
-	Split, Bridge, OneWay, Wipe, WipeLeader, Replace, RollingRestart}
+	Split, Bridge, OneWay, Wipe, WipeLeader, Replace, RollingRestart, LoseUnsynced}
 
 // FullKinds is what make chaos draws from: every kind, wipe-leader three
 // times as often as the others (the fault that lost acknowledged messages
 // before replicas were bound to their identity).
 var FullKinds = append(slices.Clone(AllKinds), WipeLeader, WipeLeader)
 
-// ShortKinds is the CI set: kill, isolate and wipe a leader, pause a node.
-var ShortKinds = []Kind{KillLeader, IsolateLeader, Pause, WipeLeader}
+// ShortKinds is the CI set: kill, isolate and wipe a leader, pause a node,
+// lose a node's unsynced writes.
+var ShortKinds = []Kind{KillLeader, IsolateLeader, Pause, WipeLeader, LoseUnsynced}
 
 // Fault is one scheduled fault: its kind, the hosts it picks (1-based),
 // and how long it lasts.
@@ -63,7 +65,9 @@ func (f Fault) String() string { return fmt.Sprintf("%s %v for %v", f.Kind, f.Ho
 
 // Schedule returns n faults drawn from kinds by seed: each kind at least
 // once (in a seeded order) when n allows, then random ones. The same seed,
-// kinds and n give the same schedule.
+// kinds and n give the same schedule. Every lose-unsynced fault picks the
+// same host, the first one's: its data directory is on a lazyfs for the
+// whole run (lazyHost).
 func Schedule(seed uint64, kinds []Kind, n, nodes int) []Fault {
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	order := slices.Clone(kinds)
@@ -81,7 +85,26 @@ func Schedule(seed uint64, kinds []Kind, n, nodes int) []Fault {
 		}
 		out = append(out, Fault{Kind: k, Hosts: hosts, Hold: time.Duration(2000+r.IntN(4000)) * time.Millisecond})
 	}
+	if lazy := lazyHost(out); lazy != 0 {
+		for _, f := range out {
+			if f.Kind == LoseUnsynced {
+				i := slices.Index(f.Hosts, lazy)
+				f.Hosts[0], f.Hosts[i] = f.Hosts[i], f.Hosts[0]
+			}
+		}
+	}
 	return out
+}
+
+// lazyHost is the host whose data directory a run with faults puts on a
+// lazyfs: the first lose-unsynced fault's, or 0 with none.
+func lazyHost(faults []Fault) int {
+	for _, f := range faults {
+		if f.Kind == LoseUnsynced {
+			return f.Hosts[0]
+		}
+	}
+	return 0
 }
 
 // injector applies faults to a cluster.
@@ -94,6 +117,9 @@ type injector struct {
 	// new one).
 	ids map[int]string
 	gen int
+	// lazy is the lazyfs under lazy.host's data directory (nil without
+	// lose-unsynced faults).
+	lazy *lazyMount
 }
 
 func (in *injector) logf(format string, args ...any) {
@@ -247,6 +273,27 @@ func (in *injector) apply(ctx context.Context, queue string, f Fault) error {
 		in.ids[a] = fmt.Sprintf("n%dr%d", a, in.gen)
 		sleep(ctx, f.Hold)
 		return restart(a)
+	case LoseUnsynced:
+		// The machine loses power: the node dies, and so does what its
+		// kernel had not written to disk. Right after an ack, as
+		// wipe-leader, so the node has just written (the host need not
+		// lead: every node holds a replica of every partition).
+		h := in.lazy.host
+		select {
+		case <-in.hist.AckedOn(queue, 0):
+		case <-time.After(10 * time.Second):
+			in.logf("lose-unsynced: no acknowledged enqueue on partition 0 in 10s; crashing anyway")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := c.Kill(h); err != nil {
+			return err
+		}
+		if err := in.lazy.crash(in.logf); err != nil {
+			return err
+		}
+		sleep(ctx, f.Hold)
+		return restart(h)
 	case RollingRestart:
 		for h := 1; h <= c.Nodes(); h++ {
 			// As an operator (or a StatefulSet with a readiness gate)

@@ -24,8 +24,13 @@ type Config struct {
 	Dir    string // where the run writes its folder (created)
 	Nodes  int    // [3]
 	Seed   uint64
-	Kinds  []Kind // [AllKinds]
-	Faults int    // how many faults [len(Kinds)]
+	// Kinds are the fault kinds drawn from [AllKinds]. With
+	// lose-unsynced, one node's data directory is on a test/lazyfs mount
+	// for the whole run, and Run fails with an error wrapping
+	// lazyfs.ErrUnavailable where FUSE is not (root, /dev/fuse,
+	// fusermount3).
+	Kinds  []Kind
+	Faults int // how many faults [len(Kinds)]
 	// Gap is the quiet time between two faults [2s].
 	Gap time.Duration
 	// Rate is the workload's messages per second [200].
@@ -100,8 +105,21 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
 	in := &injector{c: c, ids: map[int]string{}, log: tl}
+	defer func() {
+		c.Close()
+		// Once every node is dead: a lazyfs unmounted under a live node
+		// would cut it off.
+		if err := in.lazy.unmount(); err != nil {
+			fmt.Fprintf(tl, "lazyfs: %v\n", err)
+		}
+	}()
+	if h := lazyHost(res.Faults); h != 0 {
+		if in.lazy, err = mountLazy(c, h); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(tl, "n%d's data directory is a lazyfs mount of %s\n", h, in.lazy.backing)
+	}
 	for h := 1; h <= cfg.Nodes; h++ {
 		in.ids[h] = fmt.Sprintf("n%d", h)
 		if err := c.StartAs(h, in.ids[h]); err != nil {
