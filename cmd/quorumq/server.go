@@ -220,7 +220,7 @@ to read a request and to write an answer, 2m idle.`,
 				return &usageError{cmd: cmd, err: err}
 			}
 			if limit := setMemoryLimit(int64(sf.memoryLimit)); limit > 0 {
-				slog.Info("go memory limit", "bytes", limit)
+				slog.Debug("go memory limit", "bytes", limit)
 			}
 			return a.serve(cmd.Context(), cfg)
 		},
