@@ -238,11 +238,29 @@ func (f *RaftFSM[M]) Stream() (int64, io.ReadCloser, error) {
 		return 0, nil, err
 	}
 	pr, pw := io.Pipe()
+	done := make(chan struct{})
 	go func() {
-		defer snap.Release()
-		pw.CloseWithError(snap.writeTo(pw))
+		defer close(done)
+		err := snap.writeTo(pw)
+		// The view is released before the reader sees the end, so that a
+		// reader done with the stream may close the store at once.
+		snap.Release()
+		pw.CloseWithError(err)
 	}()
-	return count.n, pr, nil
+	return count.n, pipeReader{pr, done}, nil
+}
+
+// pipeReader is a stream's reading end; Close stops the writer and waits
+// for it, so the view is released when Close returns.
+type pipeReader struct {
+	*io.PipeReader
+	done chan struct{}
+}
+
+func (r pipeReader) Close() error {
+	err := r.PipeReader.Close()
+	<-r.done
+	return err
 }
 
 type countWriter struct{ n int64 }
