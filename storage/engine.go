@@ -296,23 +296,8 @@ func (e *Engine) Groups() ([]string, error) {
 	}
 	// Committed writes still in overlays count: flush them first.
 	e.flushIdle(true)
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: groupsLower, UpperBound: groupsUpper})
+	groups, err := e.prefixGroups(groupsLower, groupsUpper)
 	if err != nil {
-		return nil, fmt.Errorf("storage: list state groups: %w", err)
-	}
-	var groups []string
-	var seek []byte
-	for ok := it.First(); ok; ok = it.SeekGE(seek) {
-		k := it.Key()
-		i := bytes.IndexByte(k, 0)
-		if i < 2 {
-			err = fmt.Errorf("storage: list state groups: malformed key %q", k)
-			break
-		}
-		groups = append(groups, string(k[1:i]))
-		seek = append(append(seek[:0], k[:i]...), 1) // p<group>\x01
-	}
-	if err := errors.Join(err, it.Error(), it.Close()); err != nil {
 		return nil, fmt.Errorf("storage: list state groups: %w", err)
 	}
 	return groups, nil
