@@ -80,11 +80,6 @@ func benchEnqueue(b *testing.B, size, producers, batch int) {
 	if applies > 0 {
 		b.ReportMetric(float64(applyNanos)/float64(applies)/1e6, "ms/apply")
 	}
-	ls := c.nodes[0].shared.Stats()
-	if ls.Commits > 0 {
-		b.ReportMetric(float64(ls.Busy.Milliseconds())/float64(ls.Commits), "ms/commit")
-		b.ReportMetric(float64(ls.Requests)/float64(ls.Commits), "appends/commit")
-	}
 }
 
 // BenchmarkClusterConsumeAck measures receive+ack of prefilled messages on

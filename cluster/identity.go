@@ -30,12 +30,13 @@ import (
 //     never creates an id a second time whatever its catalogue says;
 //   - the controller member's id is "<node>/<random>", drawn when its
 //     store is created: a lost store means a new id;
-//   - the partition state (the shared log) records the data directory's
-//     instance: state found missing or foreign makes the node take a new
-//     instance, and the controller then replaces every replica it held.
+//   - the partition state (the state engine, which holds the partition
+//     groups' logs) records the data directory's instance: state found
+//     missing or foreign makes the node take a new instance, and the
+//     controller then replaces every replica it held.
 
-// nodeRecords is the shared-log group holding node-level records. It is
-// not a partition group name, so PruneSharedLog leaves it alone.
+// nodeRecords is the engine's log group holding node-level records. It is
+// not a partition group name, so PruneEngineLogs leaves it alone.
 const nodeRecords = "node"
 
 var (
@@ -47,24 +48,24 @@ var (
 	keyStartedPrefix = "started/"
 )
 
-// identities keeps the node-level records of the shared log.
+// identities keeps the node-level records of the state engine.
 type identities struct {
-	rec *storage.SharedGroup
+	rec *storage.EngineLog
 	log *slog.Logger
 }
 
 // bindInstance returns the data directory's instance after checking it
 // against the one recorded with the partition state, and the node's
 // identity records. When the partition state is gone although the
-// directory is not new (partitions.db deleted or replaced by an empty one),
-// or was written under another instance, the node takes a new instance:
-// the cluster then treats it as a node that lost its data.
-func bindInstance(dir *storage.Dir, shared *storage.SharedLog, log *slog.Logger) (string, *identities, error) {
+// directory is not new (the engine's directory deleted or replaced by an
+// empty one), or was written under another instance, the node takes a new
+// instance: the cluster then treats it as a node that lost its data.
+func bindInstance(dir *storage.Dir, engine *storage.Engine, log *slog.Logger) (string, *identities, error) {
 	inst, created, err := dir.Instance()
 	if err != nil {
 		return "", nil, err
 	}
-	rec, err := shared.Group(nodeRecords)
+	rec, err := engine.LogGroup(nodeRecords)
 	if err != nil {
 		return "", nil, err
 	}
@@ -86,13 +87,13 @@ func bindInstance(dir *storage.Dir, shared *storage.SharedLog, log *slog.Logger)
 		// written before instances were recorded there (an upgrade) is
 		// adopted; an empty one, in a directory that was not new, is state
 		// that was lost.
-		groups, err := shared.Groups()
+		groups, err := engine.LogGroups()
 		if err != nil {
 			return "", nil, err
 		}
 		partitions := 0
 		for _, g := range groups {
-			if g != nodeRecords {
+			if name, err := storage.ParseGroupName(g); err == nil && !name.IsController() {
 				partitions++
 			}
 		}

@@ -15,15 +15,15 @@ import (
 	"github.com/quorumq/quorumq/storage"
 )
 
-// openNodeState opens a data directory and its shared log as Start does,
-// and binds the instance.
-func openNodeState(t *testing.T, path string) (*storage.Dir, *storage.SharedLog, string, *identities) {
+// openNodeState opens a data directory and its state engine as Start
+// does, and binds the instance.
+func openNodeState(t *testing.T, path string) (*storage.Dir, *storage.Engine, string, *identities) {
 	t.Helper()
 	d, err := storage.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := d.OpenSharedLog(slog.New(slog.DiscardHandler))
+	s, err := storage.OpenEngine(filepath.Join(path, storage.StateDir), storage.EngineOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +34,7 @@ func openNodeState(t *testing.T, path string) (*storage.Dir, *storage.SharedLog,
 	return d, s, inst, ids
 }
 
-func closeNodeState(t *testing.T, d *storage.Dir, s *storage.SharedLog) {
+func closeNodeState(t *testing.T, d *storage.Dir, s *storage.Engine) {
 	t.Helper()
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -55,7 +55,7 @@ func TestBindInstance(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A group with state, as a replica leaves it.
-	gs, err := d.OpenGroup(name, nil, storage.WithSharedLog(s))
+	gs, err := d.OpenGroup(name, nil, storage.WithEngineLog(s))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,8 +74,9 @@ func TestBindInstance(t *testing.T) {
 	}
 	closeNodeState(t, d, s)
 
-	// partitions.db lost, the rest of the directory kept.
-	if err := os.Remove(filepath.Join(path, storage.SharedLogFile)); err != nil {
+	// The state engine (partition state and logs) lost, the rest of the
+	// directory kept.
+	if err := os.RemoveAll(filepath.Join(path, storage.StateDir)); err != nil {
 		t.Fatal(err)
 	}
 	d, s, rotated, _ := openNodeState(t, path)
@@ -84,7 +85,7 @@ func TestBindInstance(t *testing.T) {
 	}
 	closeNodeState(t, d, s)
 
-	// The instance file replaced (or lost) while partitions.db stayed.
+	// The instance file replaced (or lost) while the engine stayed.
 	if err := os.WriteFile(filepath.Join(path, "instance"), []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -108,13 +109,13 @@ func TestGroupIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	s, err := d.OpenSharedLog(nil)
+	s, err := storage.OpenEngine(filepath.Join(t.TempDir(), "state"), storage.EngineOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	open := func(name storage.GroupName) *storage.GroupStore {
-		gs, err := d.OpenGroup(name, nil, storage.WithSharedLog(s))
+		gs, err := d.OpenGroup(name, nil, storage.WithEngineLog(s))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,8 +188,8 @@ func TestStaleAssignmentNeverRecreatesAnIdentity(t *testing.T) {
 	}
 }
 
-// A node whose partition state is lost (partitions.db deleted, the rest of
-// its directory intact) comes back as a new instance: its replicas are
+// A node whose partition state is lost (its state engine deleted, the rest
+// of its directory intact) comes back as a new instance: its replicas are
 // replaced, and nothing acknowledged is lost.
 func TestLostPartitionStateRejoinsAsNewInstance(t *testing.T) {
 	c := startCluster(t, 3)
@@ -210,7 +211,7 @@ func TestLostPartitionStateRejoinsAsNewInstance(t *testing.T) {
 		}
 	}
 	c.kill(2)
-	if err := os.Remove(filepath.Join(c.cfgs[2].DataDir, storage.SharedLogFile)); err != nil {
+	if err := os.RemoveAll(filepath.Join(c.cfgs[2].DataDir, storage.StateDir)); err != nil {
 		t.Fatal(err)
 	}
 	c.restart(2)

@@ -149,11 +149,6 @@ func (n *Node) writeMetrics(w io.Writer) {
 	fmt.Fprintln(w, "# TYPE quorumq_peer_conns_refused_total counter")
 	fmt.Fprintf(w, "quorumq_peer_conns_refused_total{reason=\"tls\"} %d\nquorumq_peer_conns_refused_total{reason=\"unauthorized\"} %d\n", ms.TLSFailed, ms.Unauthorized)
 
-	ls := n.shared.Stats()
-	fmt.Fprintf(w, "# TYPE quorumq_log_commits_total counter\nquorumq_log_commits_total %d\n", ls.Commits)
-	fmt.Fprintf(w, "# TYPE quorumq_log_commit_requests_total counter\nquorumq_log_commit_requests_total %d\n", ls.Requests)
-	fmt.Fprintf(w, "# TYPE quorumq_log_commit_seconds_total counter\nquorumq_log_commit_seconds_total %g\n", ls.Busy.Seconds())
-
 	n.writeStorageMetrics(w)
 
 	reps := n.replicas.all()

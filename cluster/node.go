@@ -53,11 +53,10 @@ type Node struct {
 	// only by replicaLoop).
 	removed bool
 	dir     *storage.Dir
-	// shared holds the Raft log and stable store of every partition group
-	// of this node, so that one fsync commits the appends of many groups.
-	shared *storage.SharedLog
-	// engine holds the state of every partition replica of this node
-	// (messages, orderings, dedup), on disk.
+	// engine holds, on disk, the state of every partition replica of this
+	// node (messages, orderings, dedup) and every partition group's Raft
+	// log and stable store, so that one WAL fsync commits the appends of
+	// many groups.
 	engine *storage.Engine
 	// diskLow: the data directory's free space is below the watermark
 	// (storage.go); diskFree is the last measure, in bytes.
@@ -120,17 +119,6 @@ func Start(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	n.log = cfg.Logger.With("node", n.id)
-	if n.shared, err = n.dir.OpenSharedLog(n.log); err != nil {
-		return nil, err
-	}
-	if n.instance, n.ids, err = bindInstance(n.dir, n.shared, n.log); err != nil {
-		return nil, err
-	}
-	if dropped, err := n.dir.PruneSharedLog(n.shared); err != nil {
-		return nil, err
-	} else if len(dropped) > 0 {
-		n.log.Info("dropped log state of removed groups", "groups", len(dropped))
-	}
 	if err = n.openEngine(); err != nil {
 		return nil, err
 	}
@@ -359,9 +347,6 @@ func (n *Node) close() error {
 	}
 	if n.engine != nil {
 		errs = append(errs, n.engine.Close())
-	}
-	if n.shared != nil {
-		errs = append(errs, n.shared.Close())
 	}
 	if n.gossip != nil {
 		errs = append(errs, n.gossip.shutdown())

@@ -104,7 +104,7 @@ func openGroup(n *Node, name storage.GroupName, id, newID raft.ServerID, mk grou
 	g := &group{name: name, applied: make(chan struct{}), leaderCh: make(chan bool, 8)}
 	var opts []storage.GroupOption
 	if !name.IsController() {
-		opts = append(opts, storage.WithSharedLog(n.shared))
+		opts = append(opts, storage.WithEngineLog(n.engine))
 	}
 	store, err := n.dir.OpenGroup(name, log, opts...)
 	if err != nil {

@@ -55,16 +55,21 @@ func (c *StorageConfig) validate() error {
 	return nil
 }
 
-// openEngine opens the state engine in the data directory and drops the
-// state of groups that have no directory (a removal that crashed between
-// deleting the directory and the state).
+// openEngine opens the state engine in the data directory, moves into it
+// the Raft logs of a release that kept them in partitions.db
+// (storage.Dir.MigrateSharedLog), binds the node's instance to it
+// (bindInstance), and drops the logs and state of groups that have no
+// directory (a removal that crashed between deleting the directory and
+// the rest).
 //
-// A new engine in a directory whose partition groups have snapshot marks
-// (their state was in the engine, which is gone) is partition state lost:
-// the node takes a new instance, as bindInstance does for a lost shared
-// log, and the cluster replaces its replicas. Without marks nothing is
-// lost: a data directory of the release before the engine keeps its state
-// in snapshots and logs (replicas restore them, RestoreLatest), and a group
+// An engine that is gone takes the partition groups' logs with it:
+// bindInstance then finds no partition state and the node takes a new
+// instance. Across a migration the logs come from partitions.db, so a new
+// engine there is checked apart: if its groups' snapshots have marks
+// (their state was in an engine, which is gone) the partition state is
+// lost and the node takes a new instance; without marks nothing is lost —
+// a directory of the release before the engine keeps its state in
+// snapshots and logs (replicas restore them, RestoreLatest), and a group
 // that never took a snapshot replays its whole log.
 func (n *Node) openEngine() error {
 	stateDir := filepath.Join(n.cfg.DataDir, storage.StateDir)
@@ -79,14 +84,31 @@ func (n *Node) openEngine() error {
 		return err
 	}
 	n.engine = e
+	mig, err := n.dir.MigrateSharedLog(e, isNew, n.log)
+	if err != nil {
+		return err
+	}
+	if n.instance, n.ids, err = bindInstance(n.dir, e, n.log); err != nil {
+		return err
+	}
 	onDisk, err := n.dir.Groups()
 	if err != nil {
 		return err
 	}
-	if isNew {
-		if err := n.checkStateNotLost(onDisk); err != nil {
+	if mig.Pending {
+		if mig.EngineWasNew {
+			if err := n.checkStateNotLost(onDisk); err != nil {
+				return err
+			}
+		}
+		if err := n.dir.FinishSharedLogMigration(e); err != nil {
 			return err
 		}
+	}
+	if dropped, err := n.dir.PruneEngineLogs(e); err != nil {
+		return err
+	} else if len(dropped) > 0 {
+		n.log.Info("dropped the Raft logs of removed groups", "groups", len(dropped))
 	}
 	keep := make(map[string]bool, len(onDisk))
 	for _, g := range onDisk {
@@ -112,7 +134,7 @@ func (n *Node) openEngine() error {
 }
 
 // checkStateNotLost looks for snapshot marks in the groups of a directory
-// whose engine is new (see openEngine).
+// whose engine was new when its shared log was migrated (see openEngine).
 func (n *Node) checkStateNotLost(groups []storage.GroupName) error {
 	for _, g := range groups {
 		store, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(n.cfg.DataDir, g.Path()), storage.SnapshotsRetained, hclog.NewNullLogger())
@@ -210,7 +232,7 @@ func (n *Node) diskFullError(replicaNodes []string) error {
 // log first (durably), then its state. A crash in between leaves state
 // without a directory, which openEngine drops at the next start.
 func (n *Node) removeGroup(name storage.GroupName) error {
-	if err := n.dir.RemoveGroup(name, storage.WithSharedLog(n.shared)); err != nil {
+	if err := n.dir.RemoveGroup(name, storage.WithEngineLog(n.engine)); err != nil {
 		return err
 	}
 	return n.engine.DropGroup(name.String())
@@ -244,6 +266,8 @@ func (n *Node) writeStorageMetrics(w io.Writer) {
 		{"quorumq_state_wal_written_bytes_total", "counter", es.WALBytesWritten},
 		{"quorumq_state_write_stalls_total", "counter", es.WriteStalls},
 		{"quorumq_state_open_views", "gauge", es.OpenViews},
+		{"quorumq_state_wal_fsyncs_total", "counter", es.WALFsyncs},
+		{"quorumq_state_wal_fsync_seconds_total", "counter", es.WALFsyncSeconds},
 	} {
 		fmt.Fprintf(w, "# TYPE %s %s\n%s %v\n", g.name, g.typ, g.name, g.v)
 	}

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"bytes"
+	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -211,10 +213,11 @@ func TestDiskLowRefusesEnqueues(t *testing.T) {
 }
 
 // TestUpgradeFromStateInSnapshots: a data directory written before
-// partition state was stored (no state engine; the state is in the group's
-// Raft snapshots, QQA1-framed QQPSNAP1 streams, and the log) is migrated
-// on the first start: each replica restores its newest snapshot into the
-// engine and replays the log after it.
+// partition state was stored (no state engine; the Raft logs in
+// partitions.db; the state in the group's Raft snapshots, QQA1-framed
+// QQPSNAP1 streams, and the log) is migrated on the first start: the logs
+// move into the engine, and each replica restores its newest snapshot into
+// the engine and replays the log after it.
 func TestUpgradeFromStateInSnapshots(t *testing.T) {
 	c := startClusterWith(t, 3, func(cfg *Config) { cfg.trailingLogs, cfg.snapshotThreshold = 16, 1<<20 })
 	q0, _ := c.client(0)
@@ -280,11 +283,12 @@ func TestUpgradeFromStateInSnapshots(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(gdir, "snapshots", mark.ID)); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.RemoveAll(filepath.Join(c.cfgs[old].DataDir, storage.StateDir)); err != nil {
-		t.Fatal(err)
-	}
+	moveLogsToSharedLog(t, c.cfgs[old].DataDir)
 
 	c.restart(old)
+	if _, err := os.Stat(filepath.Join(c.cfgs[old].DataDir, storage.SharedLogFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s after the upgrade: %v", storage.SharedLogFile, err)
+	}
 	var nr *replica
 	c.waitFor("the upgraded replica caught up", 30*time.Second, func() bool {
 		var ok bool
@@ -300,5 +304,56 @@ func TestUpgradeFromStateInSnapshots(t *testing.T) {
 	nr.fsm.Read(func(p *fsm.Partition) { s = p.Stats() })
 	if s.Ready != 700 {
 		t.Fatalf("the upgraded replica holds %d ready messages, want 700", s.Ready)
+	}
+}
+
+// moveLogsToSharedLog makes a stopped node's directory what the release
+// before the engine wrote: every log group of the engine (the partition
+// groups' logs and the node's records) copied into partitions.db, and the
+// engine deleted.
+func moveLogsToSharedLog(t *testing.T, dataDir string) {
+	t.Helper()
+	stateDir := filepath.Join(dataDir, storage.StateDir)
+	e, err := storage.OpenEngine(stateDir, storage.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := storage.OpenSharedLog(filepath.Join(dataDir, storage.SharedLogFile), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups, err := e.LogGroups()
+	if err != nil || len(groups) < 2 {
+		t.Fatalf("log groups %q, %v", groups, err)
+	}
+	for _, id := range groups {
+		src, err := e.LogGroup(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst, err := s.Group(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, _ := src.FirstIndex()
+		last, _ := src.LastIndex()
+		for i := first; first > 0 && i <= last; i++ {
+			l := new(raft.Log)
+			if err := src.GetLog(i, l); err != nil {
+				t.Fatal(err)
+			}
+			if err := dst.StoreLog(l); err != nil {
+				t.Fatal(err)
+			}
+		}
+		err = src.ForEachStable(func(k, v []byte) error {
+			return dst.Set(bytes.Clone(k), bytes.Clone(v))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := errors.Join(s.Close(), e.Close(), os.RemoveAll(stateDir)); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // StateDir is the state engine's directory inside the data directory.
@@ -47,8 +48,18 @@ const (
 //   - Iterator.Value is deprecated for ValueAndErr.
 
 // engineFormat is the layout version of the state engine, stored under
-// keyEngineFormat. A store with another version is refused.
-const engineFormat = 1
+// keyEngineFormat. A store with another version is refused, but for
+// engineFormatNoLogs, which is upgraded at open.
+//
+// Version 2 may hold Raft logs (the l and s ranges, engine_log.go). A
+// store of version 1 holds none (the logs were in partitions.db), so it is
+// a version 2 store as it is; the upgrade writes the new number, so that a
+// build of version 1, which would ignore the logs and take the node for
+// one whose partition state is lost, refuses the store instead.
+const (
+	engineFormat       = 2
+	engineFormatNoLogs = 1
+)
 
 // Key space of the state engine:
 //
@@ -188,12 +199,22 @@ func (e *Engine) checkFormat() error {
 	v, closer, err := e.db.Get(keyEngineFormat)
 	switch {
 	case err == nil:
-		defer closer.Close()
-		if len(v) != 8 || binary.BigEndian.Uint64(v) != engineFormat {
-			return fmt.Errorf("state layout version %x is not the one this build reads (%d): "+
-				"it was written by another version of quorumq", v, engineFormat)
+		ok := len(v) == 8 && binary.BigEndian.Uint64(v) == engineFormat
+		upgrade := len(v) == 8 && binary.BigEndian.Uint64(v) == engineFormatNoLogs
+		msg := fmt.Sprintf("state layout version %x is not one this build reads (%d, %d): "+
+			"it was written by another version of quorumq", v, engineFormatNoLogs, engineFormat)
+		if err := closer.Close(); err != nil {
+			return err
 		}
-		return nil
+		switch {
+		case ok:
+			return nil
+		case upgrade:
+			var b [8]byte
+			binary.BigEndian.PutUint64(b[:], engineFormat)
+			return e.db.Set(keyEngineFormat, b[:], pebble.Sync)
+		}
+		return errors.New(msg)
 	case !errors.Is(err, pebble.ErrNotFound):
 		return err
 	}
@@ -324,6 +345,11 @@ type EngineStats struct {
 	TableIters       int64  // open sstable iterators
 	KeysPinnedBytes  uint64 // bytes compactions could not drop because of open snapshots
 	ObsoleteBytesNow uint64 // sstables and WAL files waiting to be deleted
+	// WALFsyncs and WALFsyncSeconds count the WAL's fsyncs and the time
+	// they took: each makes durable every batch queued while the previous
+	// one ran (the Raft appends of many groups, group commit).
+	WALFsyncs       uint64
+	WALFsyncSeconds float64
 }
 
 // Stats returns the engine's statistics; zero after Close. It takes
@@ -334,7 +360,13 @@ func (e *Engine) Stats() EngineStats {
 		return EngineStats{}
 	}
 	m := e.db.Metrics()
+	var fsyncs dto.Metric
+	if h := m.LogWriter.FsyncLatency; h != nil {
+		_ = h.Write(&fsyncs)
+	}
 	return EngineStats{
+		WALFsyncs:        fsyncs.GetHistogram().GetSampleCount(),
+		WALFsyncSeconds:  fsyncs.GetHistogram().GetSampleSum(),
 		DiskBytes:        m.DiskSpaceUsage(),
 		LiveBytes:        m.Table.Local.LiveSize,
 		CacheBytes:       m.BlockCache.Size,

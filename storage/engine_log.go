@@ -511,3 +511,23 @@ func (l *EngineLog) GetUint64(key []byte) (uint64, error) {
 	}
 	return keyIndex(v), nil
 }
+
+// ForEachStable calls fn with every key and value of the group's stable
+// store, in key order (fn must not keep the slices).
+func (l *EngineLog) ForEachStable(fn func(key, val []byte) error) error {
+	if err := l.enter(); err != nil {
+		return err
+	}
+	defer l.leave()
+	it, err := l.e.db.NewIter(&pebble.IterOptions{LowerBound: l.stableLo, UpperBound: l.stableHi})
+	if err != nil {
+		return fmt.Errorf("storage: stable store of %s: %w", l.group, err)
+	}
+	for ok := it.First(); ok && err == nil; ok = it.Next() {
+		err = fn(it.Key()[len(l.stableLo):], it.Value())
+	}
+	if err = errors.Join(err, it.Error(), it.Close()); err != nil {
+		return fmt.Errorf("storage: stable store of %s: %w", l.group, err)
+	}
+	return nil
+}

@@ -707,8 +707,25 @@ func TestEngineFormatMarker(t *testing.T) {
 	})
 	_, err := OpenEngine(dir, EngineOptions{Logger: quietLogger()})
 	if err == nil || !strings.Contains(err.Error(), "layout version") {
-		t.Fatalf("open of a version-2 store: %v", err)
+		t.Fatalf("open of a store of a later version: %v", err)
 	}
+	// A store of the version before Raft logs moved in is upgraded, and the
+	// upgrade is recorded.
+	rewrite(func(db *pebble.DB) error {
+		return db.Set(keyEngineFormat, binary.BigEndian.AppendUint64(nil, engineFormatNoLogs), pebble.Sync)
+	})
+	closeEngine(t, openTestEngine(t, dir, nil))
+	rewrite(func(db *pebble.DB) error {
+		v, c, err := db.Get(keyEngineFormat)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if binary.BigEndian.Uint64(v) != engineFormat {
+			return fmt.Errorf("format %x after the upgrade", v)
+		}
+		return nil
+	})
 	rewrite(func(db *pebble.DB) error {
 		return db.Delete(keyEngineFormat, pebble.Sync)
 	})

@@ -14,8 +14,31 @@ import (
 type GroupOption func(*groupOptions)
 
 type groupOptions struct {
-	shared *SharedLog
+	logs logBackend // nil: the group's own raft.db
 }
+
+// logBackend is a store of many groups' Raft logs and stable stores: the
+// node's state engine (WithEngineLog) or the shared log partitions.db of
+// the releases before it (WithSharedLog).
+type logBackend interface {
+	logGroup(id string) (logStable, error)
+	dropLogGroup(id string) error
+	logGroups() ([]string, error)
+}
+
+// logStable is one group's Raft log and stable store.
+type logStable interface {
+	raft.LogStore
+	raft.StableStore
+}
+
+func (s *SharedLog) logGroup(id string) (logStable, error) { return s.Group(id) }
+func (s *SharedLog) dropLogGroup(id string) error          { return s.DropGroup(id) }
+func (s *SharedLog) logGroups() ([]string, error)          { return s.Groups() }
+
+func (e *Engine) logGroup(id string) (logStable, error) { return e.LogGroup(id) }
+func (e *Engine) dropLogGroup(id string) error          { return e.DropLogGroup(id) }
+func (e *Engine) logGroups() ([]string, error)          { return e.LogGroups() }
 
 func newGroupOptions(opts []GroupOption) groupOptions {
 	var o groupOptions
@@ -32,7 +55,17 @@ func newGroupOptions(opts []GroupOption) groupOptions {
 // raft.db (OpenGroup refuses this option for it): its elections and
 // catalogue writes then never wait behind a commit of partition traffic.
 func WithSharedLog(s *SharedLog) GroupOption {
-	return func(o *groupOptions) { o.shared = s }
+	return func(o *groupOptions) { o.logs = s }
+}
+
+// WithEngineLog keeps a partition group's Raft log and stable store in the
+// node's state engine e (Engine.LogGroup), beside the partitions' state;
+// the snapshots stay in the group's directory. It is WithSharedLog's
+// successor (storage/DESIGN.md, "Raft logs in the engine"), with the same
+// rules: pass it to OpenGroup and RemoveGroup of the same group; the
+// controller keeps its own raft.db.
+func WithEngineLog(e *Engine) GroupOption {
+	return func(o *groupOptions) { o.logs = e }
 }
 
 // OpenSharedLog opens the node's shared log, <dir>/partitions.db. Close it
@@ -58,13 +91,13 @@ func hasMarker(groupDir string) bool {
 // state s holds under the group's id is then left from a RemoveGroup that
 // crashed after the directory was gone and before its buckets were
 // dropped, and is dropped now, so a re-created group starts empty.
-func openSharedStores(gdir string, name GroupName, s *SharedLog, freshDir bool, log *slog.Logger) (*GroupStore, error) {
+func openSharedStores(gdir string, name GroupName, s logBackend, freshDir bool, log *slog.Logger) (*GroupStore, error) {
 	if freshDir {
-		if err := s.DropGroup(name.String()); err != nil {
+		if err := s.dropLogGroup(name.String()); err != nil {
 			return nil, err
 		}
 	}
-	sg, err := s.Group(name.String())
+	sg, err := s.logGroup(name.String())
 	if err != nil {
 		return nil, err
 	}
@@ -96,10 +129,10 @@ func openSharedStores(gdir string, name GroupName, s *SharedLog, freshDir bool, 
 // leaves buckets without a directory (dropped by the next OpenGroup of that
 // id or by PruneSharedLog), never a directory with snapshots whose term and
 // vote are gone.
-func dropSharedAfterRemove(s *SharedLog, name, old GroupName) error {
-	err := s.DropGroup(name.String())
+func dropSharedAfterRemove(s logBackend, name, old GroupName) error {
+	err := s.dropLogGroup(name.String())
 	if old.Validate() == nil && old != name {
-		err = errors.Join(err, s.DropGroup(old.String()))
+		err = errors.Join(err, s.dropLogGroup(old.String()))
 	}
 	if err != nil {
 		return fmt.Errorf("storage: remove group %s: %w", name, err)
@@ -112,8 +145,14 @@ func dropSharedAfterRemove(s *SharedLog, name, old GroupName) error {
 // leftovers of a RemoveGroup that crashed midway, or of a queue re-created
 // with a new id. Ids that are not partition group names are left alone. It
 // returns the ids dropped. Run it at start-up, after listing Groups.
-func (d *Dir) PruneSharedLog(s *SharedLog) ([]string, error) {
-	ids, err := s.Groups()
+func (d *Dir) PruneSharedLog(s *SharedLog) ([]string, error) { return d.pruneLogs(s) }
+
+// PruneEngineLogs is PruneSharedLog for the Raft logs in the state engine
+// (WithEngineLog).
+func (d *Dir) PruneEngineLogs(e *Engine) ([]string, error) { return d.pruneLogs(e) }
+
+func (d *Dir) pruneLogs(s logBackend) ([]string, error) {
+	ids, err := s.logGroups()
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +175,7 @@ func (d *Dir) PruneSharedLog(s *SharedLog) ([]string, error) {
 
 // pruneOne drops name from s unless it is open or on disk. It holds d.mu
 // so that OpenGroup cannot reserve and write the group meanwhile.
-func (d *Dir) pruneOne(s *SharedLog, name GroupName) (bool, error) {
+func (d *Dir) pruneOne(s logBackend, name GroupName) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.lock == nil {
@@ -152,7 +191,7 @@ func (d *Dir) pruneOne(s *SharedLog, name GroupName) (bool, error) {
 	case err != nil && !errors.Is(err, os.ErrNotExist):
 		return false, err
 	}
-	if err := s.DropGroup(name.String()); err != nil {
+	if err := s.dropLogGroup(name.String()); err != nil {
 		return false, err
 	}
 	return true, nil

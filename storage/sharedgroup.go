@@ -199,3 +199,19 @@ func (g *SharedGroup) GetUint64(key []byte) (uint64, error) {
 	}
 	return keyIndex(v), nil
 }
+
+// ForEachStable calls fn with every key and value of the group's stable
+// store, in key order, inside one read transaction (fn must not keep the
+// slices). It is how a migration copies the store.
+func (g *SharedGroup) ForEachStable(fn func(key, val []byte) error) error {
+	if g.s.isClosed.Load() {
+		return ErrLogClosed
+	}
+	return g.s.db.View(func(tx *bbolt.Tx) error {
+		b := stableBucket(tx, g.name)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(fn)
+	})
+}

@@ -126,15 +126,16 @@ func (g *GroupStore) Close() error {
 // (same name, different queue id): the caller removes it with RemoveGroup
 // and opens again.
 //
-// WithSharedLog keeps a partition group's log and stable store in the
-// node's shared log instead of <group>/raft.db.
+// WithEngineLog (or WithSharedLog) keeps a partition group's log and
+// stable store in the node's state engine (or shared log) instead of
+// <group>/raft.db.
 func (d *Dir) OpenGroup(name GroupName, log *slog.Logger, opts ...GroupOption) (*GroupStore, error) {
 	if err := name.Validate(); err != nil {
 		return nil, err
 	}
 	o := newGroupOptions(opts)
-	if o.shared != nil && name.IsController() {
-		return nil, fmt.Errorf("%w: the controller keeps its own %s, not the shared log", ErrInvalidGroup, boltFile)
+	if o.logs != nil && name.IsController() {
+		return nil, fmt.Errorf("%w: the controller keeps its own %s, not a store of many groups", ErrInvalidGroup, boltFile)
 	}
 	if log == nil {
 		log = slog.Default()
@@ -164,8 +165,8 @@ func (d *Dir) OpenGroup(name GroupName, log *slog.Logger, opts ...GroupOption) (
 	}
 
 	var g *GroupStore
-	if o.shared != nil {
-		g, err = openSharedStores(gdir, name, o.shared, freshDir, log)
+	if o.logs != nil {
+		g, err = openSharedStores(gdir, name, o.logs, freshDir, log)
 	} else {
 		g, err = openStores(gdir, name, log)
 	}
@@ -243,7 +244,7 @@ func openStores(gdir string, name GroupName, log *slog.Logger) (*GroupStore, err
 // nothing at its path, never a half-deleted group that looks valid. Open
 // empties the trash.
 //
-// With WithSharedLog, the group's state in the shared log (and that of the
+// With WithEngineLog or WithSharedLog, the group's state in that store (and that of the
 // incarnation found at its path) is dropped once the directory is gone.
 func (d *Dir) RemoveGroup(name GroupName, opts ...GroupOption) error {
 	if err := name.Validate(); err != nil {
@@ -260,8 +261,8 @@ func (d *Dir) RemoveGroup(name GroupName, opts ...GroupOption) error {
 	}
 	gdir := filepath.Join(d.path, name.Path())
 	if _, err := os.Lstat(gdir); errors.Is(err, os.ErrNotExist) {
-		if o.shared != nil {
-			return dropSharedAfterRemove(o.shared, name, GroupName{})
+		if o.logs != nil {
+			return dropSharedAfterRemove(o.logs, name, GroupName{})
 		}
 		return nil
 	}
@@ -293,8 +294,8 @@ func (d *Dir) RemoveGroup(name GroupName, opts ...GroupOption) error {
 			_ = syncDir(filepath.Dir(qdir))
 		}
 	}
-	if o.shared != nil {
-		return dropSharedAfterRemove(o.shared, name, old)
+	if o.logs != nil {
+		return dropSharedAfterRemove(o.logs, name, old)
 	}
 	return nil
 }
