@@ -175,7 +175,12 @@ func (p *PartitionKV) GetMany(keys [][]byte, fn func(i int, value []byte, ok boo
 	if len(miss) == 0 {
 		return
 	}
-	it, err := p.e.db.NewIter(&pebble.IterOptions{LowerBound: p.prefixed(&p.key, keys[miss[0]]), UpperBound: p.end})
+	// UseL6Filters: the keys asked for are mostly absent (dedup ids of new
+	// messages), and pebble by default skips the bottom level's filters,
+	// which made each such miss a data block read: 11 µs a key against a
+	// partition of 1M dedup entries, 1.2–1.4 µs with them
+	// (BenchmarkEngineGetMany).
+	it, err := p.e.db.NewIter(&pebble.IterOptions{LowerBound: p.prefixed(&p.key, keys[miss[0]]), UpperBound: p.end, UseL6Filters: true})
 	if err != nil {
 		p.readFailed(err)
 	}
