@@ -85,6 +85,9 @@ func (r *replica) openState(g *group, fresh bool, rc *raft.Config) (raft.FSM, ra
 	if r.n.cfg.snapshotThreshold == 0 {
 		rc.SnapshotThreshold = partitionSnapshotEntries
 	}
+	if r.n.cfg.trailingLogs == 0 {
+		rc.TrailingLogs = partitionTrailingLogs
+	}
 	rc.SnapshotInterval = partitionSnapshotInterval
 	return notifyingFSM[*fsm.Partition]{r.fsm, g}, r.fsm.SnapshotStore(g.store.Snapshots), nil
 }
@@ -94,6 +97,7 @@ func (r *replica) openState(g *group, fresh bool, rc *raft.Config) (raft.FSM, ra
 const (
 	partitionSnapshotEntries  = 1024
 	partitionSnapshotInterval = 5 * time.Second
+	partitionTrailingLogs     = 2048
 )
 
 // stateKV hands a partition's state in the engine to fsm (storage does not
