@@ -62,25 +62,65 @@ func (p *Partition) dedupRemember(key dedupKey, seq uint64, old *dedupRecord) *d
 }
 
 // dedupExpire forgets the dedup ids whose window has passed, oldest first.
+// It takes the due FIFO records in chunks of dedupExpireChunk and looks up
+// their table entries with one GetMany per chunk: every message enqueued
+// with an id is one expiry a window later, at the enqueue rate.
 func (p *Partition) dedupExpire() {
 	for {
-		k, v, ok := p.fifo.min(p.kv, p.fifoHead == p.fifoTail)
-		if !ok {
+		var due []dedupRecord
+		for len(due) < dedupExpireChunk {
+			k, v, ok := p.fifo.min(p.kv, p.fifoHead == p.fifoTail)
+			if !ok {
+				break
+			}
+			r := decodeFIFO(v)
+			if r.expiresAt > p.now {
+				break
+			}
+			p.fifo.del(p.kv, k)
+			p.fifoHead++
+			due = append(due, r)
+		}
+		if len(due) == 0 {
 			return
 		}
-		r := decodeFIFO(v)
-		if r.expiresAt > p.now {
-			return
+		keys := make([][]byte, 0, len(due))
+		for _, r := range due {
+			keys = append(keys, dedupKeyOf(r.key))
 		}
-		p.fifo.del(p.kv, k)
-		p.fifoHead++
-		if cur, _, known := p.dedupLookup(r.key); known && cur.expiresAt == r.expiresAt && cur.seq == r.seq {
-			p.kv.Delete(dedupKeyOf(r.key))
-			p.dedupLive--
-			p.dedupFactOut(&r)
+		slices.SortFunc(keys, bytes.Compare)
+		keys = slices.CompactFunc(keys, bytes.Equal)
+		cur := make(map[dedupKey]dedupRecord, len(keys))
+		p.kv.GetMany(keys, func(i int, v []byte, ok bool) {
+			if !ok {
+				return
+			}
+			if len(v) != 16 {
+				badValue("dedup", 0)
+			}
+			k := dedupKey(keys[i][1:])
+			cur[k] = dedupRecord{key: k, seq: u64at(v, 0), expiresAt: int64(u64at(v, 8))}
+		})
+		for i := range due {
+			r := &due[i]
+			// A record superseded by a newer entry of its id is skipped; the
+			// entry it matches is deleted once.
+			if c, known := cur[r.key]; known && c.expiresAt == r.expiresAt && c.seq == r.seq {
+				p.kv.Delete(dedupKeyOf(r.key))
+				delete(cur, r.key)
+				p.dedupLive--
+				p.dedupFactOut(r)
+			}
+		}
+		if len(due) < dedupExpireChunk {
+			return
 		}
 	}
 }
+
+// dedupExpireChunk is how many due dedup records dedupExpire handles with
+// one lookup.
+const dedupExpireChunk = 1024
 
 // dedupCache holds a command's dedup entries, read in one GetMany before
 // its messages are stored and updated as they are: a nil entry is an id
