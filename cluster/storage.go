@@ -265,6 +265,7 @@ func (n *Node) writeStorageMetrics(w io.Writer) {
 		{"quorumq_state_read_amplification", "gauge", es.ReadAmp},
 		{"quorumq_state_wal_written_bytes_total", "counter", es.WALBytesWritten},
 		{"quorumq_state_write_stalls_total", "counter", es.WriteStalls},
+		{"quorumq_state_write_stall_seconds_total", "counter", float64(es.WriteStallNanos) / 1e9},
 		{"quorumq_state_open_views", "gauge", es.OpenViews},
 		{"quorumq_state_wal_fsyncs_total", "counter", es.WALFsyncs},
 		{"quorumq_state_wal_fsync_seconds_total", "counter", es.WALFsyncSeconds},
