@@ -36,11 +36,16 @@ func (p *Partition) dedupLookup(key dedupKey) (cur dedupRecord, dup, known bool)
 	if !ok {
 		return dedupRecord{}, false, false
 	}
+	cur = decodeDedup(key, v)
+	return cur, cur.expiresAt > p.now, true
+}
+
+// decodeDedup is the table entry of key (value: seq, expiry).
+func decodeDedup(key dedupKey, v []byte) dedupRecord {
 	if len(v) != 16 {
 		badValue("dedup", 0)
 	}
-	cur = dedupRecord{key: key, seq: u64at(v, 0), expiresAt: int64(u64at(v, 8))}
-	return cur, cur.expiresAt > p.now, true
+	return dedupRecord{key: key, seq: u64at(v, 0), expiresAt: int64(u64at(v, 8))}
 }
 
 // dedupRemember records key for seq for the queue's dedup window; old is
@@ -95,11 +100,8 @@ func (p *Partition) dedupExpire() {
 			if !ok {
 				return
 			}
-			if len(v) != 16 {
-				badValue("dedup", 0)
-			}
-			k := dedupKey(keys[i][1:])
-			cur[k] = dedupRecord{key: k, seq: u64at(v, 0), expiresAt: int64(u64at(v, 8))}
+			r := decodeDedup(dedupKey(keys[i][1:]), v)
+			cur[r.key] = r
 		})
 		for i := range due {
 			r := &due[i]
@@ -149,11 +151,8 @@ func (p *Partition) dedupPrefetch(msgs []newMsg) dedupCache {
 		if !ok {
 			return
 		}
-		if len(v) != 16 {
-			badValue("dedup", 0)
-		}
-		k := dedupKey(keys[i][1:])
-		c[k] = &dedupRecord{key: k, seq: u64at(v, 0), expiresAt: int64(u64at(v, 8))}
+		r := decodeDedup(dedupKey(keys[i][1:]), v)
+		c[r.key] = &r
 	})
 	return c
 }
